@@ -1,0 +1,30 @@
+# genflow: `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; the package itself is editable.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Train the embedded default (VP diffusion on the 2-D checkerboard), then sample and plot.
+demo: venv
+	$(BIN)/genflow train --config configs/toy_checkerboard_vp.py --workdir runs/demo --fresh
+	$(BIN)/genflow sample --workdir runs/demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+bench: venv
+	$(BIN)/python scripts/bench_samplers.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,45 @@
+"""Samplers: solvers, time grids and ``sample()``.
+
+Importing this package needs JAX only. Example::
+
+    from genflow import processes, samplers
+
+    result = samplers.sample(
+        model_fn, processes.VPLinear(), samplers.Heun(),
+        key=jax.random.key(0), shape=(512, 2), prediction="eps", num_steps=50,
+    )
+    result.x, result.nfe
+"""
+
+from genflow.samplers._base import (
+    AbstractSolver as AbstractSolver,
+    Denoiser as Denoiser,
+    ModelFn as ModelFn,
+    SampleResult as SampleResult,
+)
+from genflow.samplers._ddim import DDIM as DDIM
+from genflow.samplers._grids import (
+    karras as karras,
+    log_snr_uniform as log_snr_uniform,
+    quadratic as quadratic,
+    uniform as uniform,
+)
+from genflow.samplers._ode import Euler as Euler, Heun as Heun
+from genflow.samplers._sample import sample as sample
+from genflow.samplers._sde import EulerMaruyama as EulerMaruyama
+
+__all__ = [
+    "AbstractSolver",
+    "DDIM",
+    "Denoiser",
+    "Euler",
+    "EulerMaruyama",
+    "Heun",
+    "ModelFn",
+    "SampleResult",
+    "karras",
+    "log_snr_uniform",
+    "quadratic",
+    "sample",
+    "uniform",
+]

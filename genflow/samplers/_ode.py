@@ -1,0 +1,39 @@
+"""Fixed-step solvers of the probability-flow ODE ``dx/dt = alpha'_t x0_hat + sigma'_t eps_hat``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from genflow.samplers._base import AbstractSolver
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Euler(AbstractSolver):
+    """Explicit Euler on the probability-flow ODE: 1 NFE per step, order 1."""
+
+    order = 1
+    stochastic = False
+    min_steps = 1
+
+    def step(self, denoise, state, x, t_cur, t_next, *, key):
+        return x + (t_next - t_cur) * denoise.velocity(x, t_cur), state
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Heun(AbstractSolver):
+    """Heun's method (explicit trapezoidal rule) on the probability-flow ODE: 2 NFE per step, order 2."""
+
+    order = 2
+    stochastic = False
+    min_steps = 1
+
+    def step(self, denoise, state, x, t_cur, t_next, *, key):
+        h = t_next - t_cur
+        d_cur = denoise.velocity(x, t_cur)
+        x_euler = x + h * d_cur
+        d_next = denoise.velocity(x_euler, t_next)
+        return x + 0.5 * h * (d_cur + d_next), state
