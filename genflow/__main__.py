@@ -1,0 +1,5 @@
+import sys
+
+from genflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,378 @@
+"""Typed, frozen experiment configs, and the one place where names map to classes.
+
+An experiment file ``configs/NAME.py`` defines ``get_config() -> Config``. The command
+line overrides single fields with ``--set section.field=value``; every value is parsed
+and checked against the field's annotated type and range before anything is computed::
+
+    genflow train --config configs/toy_checkerboard_vp.py --set train.num_steps=2000
+    genflow train --config ... --set process=vp_cosine --set process.s=0.01
+
+A run directory stores the resolved config as ``config.json``; :func:`config_from_dict`
+reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from genflow import losses, processes, samplers
+from genflow.data import TOY_DATASETS
+from genflow.prediction import Prediction
+
+
+class ConfigError(ValueError):
+    """A config or command-line value that cannot be used; the message says how to fix it."""
+
+
+# --- names -> classes: the only registry in genflow ------------------------------------
+
+PROCESSES: dict[str, type] = {
+    "vp_linear": processes.VPLinear,
+    "vp_cosine": processes.VPCosine,
+}
+SOLVERS: dict[str, type] = {
+    "euler": samplers.Euler,
+    "heun": samplers.Heun,
+    "ddim": samplers.DDIM,
+    "euler_maruyama": samplers.EulerMaruyama,
+}
+GRIDS = {
+    "uniform": samplers.uniform,
+    "log_snr": samplers.log_snr_uniform,
+    "quadratic": samplers.quadratic,
+    "karras": samplers.karras,
+}
+WEIGHTINGS: dict[str, type] = {
+    "uniform": losses.Uniform,
+    "likelihood": losses.LikelihoodWeighting,
+}
+MODELS = ("mlp",)
+TIME_EMBEDDINGS = ("sinusoidal", "fourier")
+LR_DECAYS = ("cosine", "constant")
+
+
+def _choose(kind: str, value: str, names) -> None:
+    if value not in names:
+        raise ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(names)}.")
+
+
+def _positive(section: str, **fields) -> None:
+    for name, value in fields.items():
+        if not value > 0:
+            raise ConfigError(f"{section}.{name} must be positive, got {value}.")
+
+
+def _non_negative(section: str, **fields) -> None:
+    for name, value in fields.items():
+        if value < 0:
+            raise ConfigError(f"{section}.{name} must be >= 0, got {value}.")
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where training batches come from."""
+
+    name: str = "checkerboard"
+    batch_size: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        _choose("data set", self.name, TOY_DATASETS)
+        _positive("data", batch_size=self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network."""
+
+    name: str = "mlp"
+    hidden: int = 256
+    depth: int = 3
+    embedding: str = "fourier"
+    embed_dim: int = 64
+    num_classes: int = 0
+
+    def __post_init__(self):
+        _choose("model", self.name, MODELS)
+        _choose("time embedding", self.embedding, TIME_EMBEDDINGS)
+        _positive("model", hidden=self.hidden, depth=self.depth, embed_dim=self.embed_dim)
+        _non_negative("model", num_classes=self.num_classes)
+        if self.embed_dim % 2:
+            raise ConfigError(f"model.embed_dim must be even, got {self.embed_dim}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: loss, optimizer, EMA, logging and checkpoints."""
+
+    num_steps: int = 10_000
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    lr_decay: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    prediction: str = "eps"
+    weighting: str = "uniform"
+    t_min: float = 1e-5
+    steps_per_dispatch: int = 50
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(
+            "train",
+            num_steps=self.num_steps,
+            lr=self.lr,
+            grad_clip=self.grad_clip,
+            steps_per_dispatch=self.steps_per_dispatch,
+            log_every=self.log_every,
+            checkpoint_every=self.checkpoint_every,
+            keep_checkpoints=self.keep_checkpoints,
+        )
+        _non_negative("train", warmup_steps=self.warmup_steps, weight_decay=self.weight_decay)
+        _choose("learning-rate decay", self.lr_decay, LR_DECAYS)
+        _choose("prediction kind", self.prediction, [p.value for p in Prediction])
+        _choose("loss weighting", self.weighting, tuple(WEIGHTINGS))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}.")
+        if not 0.0 <= self.t_min < 1.0:
+            raise ConfigError(f"train.t_min must lie in [0, 1), got {self.t_min}.")
+        if self.checkpoint_every % self.steps_per_dispatch:
+            raise ConfigError(
+                f"train.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
+                f"train.steps_per_dispatch ({self.steps_per_dispatch}), so that a resumed run "
+                "replays exactly the same compiled chunks."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """Defaults of ``genflow sample`` (each can be overridden by its flag)."""
+
+    sampler: str = "heun"
+    num_steps: int = 100
+    grid: str = "uniform"
+    num_samples: int = 4096
+    t_end: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        _choose("sampler", self.sampler, tuple(SOLVERS))
+        _choose("time grid", self.grid, tuple(GRIDS))
+        _positive("sample", num_steps=self.num_steps, num_samples=self.num_samples)
+        if not 0.0 <= self.t_end < 1.0:
+            raise ConfigError(f"sample.t_end must lie in [0, 1), got {self.t_end}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole experiment. ``process`` is a process object, e.g. ``VPLinear()``."""
+
+    process: processes.AbstractGaussianPath = processes.VPLinear()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    def __post_init__(self):
+        if type(self.process) not in PROCESSES.values():
+            raise ConfigError(
+                f"process must be one of {', '.join(c.__name__ for c in PROCESSES.values())}, "
+                f"got {type(self.process).__name__}."
+            )
+
+
+# --- building objects from names ----------------------------------------------------------
+
+
+def process_name(process: Any) -> str:
+    for name, cls in PROCESSES.items():
+        if type(process) is cls:
+            return name
+    raise ConfigError(f"{type(process).__name__} has no name in genflow.config.PROCESSES.")
+
+
+def make_solver(name: str) -> samplers.AbstractSolver:
+    _choose("sampler", name, tuple(SOLVERS))
+    return SOLVERS[name]()
+
+
+def make_weighting(name: str) -> losses.AbstractWeighting:
+    _choose("loss weighting", name, tuple(WEIGHTINGS))
+    return WEIGHTINGS[name]()
+
+
+# --- files, dicts and overrides -----------------------------------------------------------
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Import ``path`` and call its ``get_config()``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_genflow_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a user's file: report it in one line
+        raise ConfigError(f"config file {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config() function.")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise ConfigError(f"get_config() in {path} must return genflow.config.Config.")
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    """A JSON-ready dict; the process is stored as ``{"name": ..., **fields}``."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "process":
+            out["process"] = {"name": process_name(value), **dataclasses.asdict(value)}
+        else:
+            out[field.name] = dataclasses.asdict(value)
+    return out
+
+
+def config_from_dict(d: dict) -> Config:
+    """Inverse of :func:`config_to_dict`; unknown keys are errors."""
+    kwargs = {}
+    section_types = _section_types()
+    for key, value in d.items():
+        if key not in section_types:
+            raise ConfigError(f"unknown config section {key!r}; sections: {', '.join(section_types)}.")
+        if key == "process":
+            value = dict(value)
+            name = value.pop("name", None)
+            _choose("process", name, tuple(PROCESSES))
+            kwargs[key] = _build(PROCESSES[name], value, "process")
+        else:
+            kwargs[key] = _build(section_types[key], value, key)
+    return Config(**kwargs)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+
+
+def load_config_json(path: str | Path) -> Config:
+    return config_from_dict(json.loads(Path(path).read_text()))
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings (or ``process=NAME``) in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}.")
+        key, raw = item.split("=", 1)
+        key, raw = key.strip(), raw.strip()
+        parts = key.split(".")
+        section_types = _section_types()
+        if parts[0] not in section_types:
+            raise ConfigError(
+                f"unknown config key {key!r}: no section {parts[0]!r}; "
+                f"sections: {', '.join(section_types)}."
+            )
+        if parts[0] == "process" and len(parts) == 1:
+            _choose("process", raw, tuple(PROCESSES))
+            config = dataclasses.replace(config, process=PROCESSES[raw]())
+            continue
+        if len(parts) != 2:
+            raise ConfigError(f"config keys look like section.field, got {key!r}.")
+        section = getattr(config, parts[0])
+        hints = _field_types(type(section))
+        if parts[1] not in hints:
+            raise ConfigError(
+                f"unknown config key {key!r}; fields of {parts[0]}: {', '.join(hints)}."
+            )
+        value = _parse(raw, hints[parts[1]], key)
+        try:
+            section = dataclasses.replace(section, **{parts[1]: value})
+        except ValueError as exc:  # ConfigError included: make sure the message names the key
+            if isinstance(exc, ConfigError) and key in str(exc):
+                raise
+            raise ConfigError(f"bad value for {key}: {exc}") from exc
+        config = dataclasses.replace(config, **{parts[0]: section})
+    return config
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: t for f, t in zip(dataclasses.fields(Config), _field_types(Config).values())}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, values: dict, section: str):
+    hints = _field_types(cls)
+    for name, value in values.items():
+        if name not in hints:
+            raise ConfigError(f"unknown config key {section}.{name}; fields: {', '.join(hints)}.")
+        _check_type(value, hints[name], f"{section}.{name}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"bad {section} config: {exc}") from exc
+
+
+def _check_type(value: Any, tp: Any, key: str) -> None:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}.")
+
+
+def _parse(raw: str, tp: Any, key: str) -> Any:
+    """Parse a command-line string as ``tp`` (int, float, bool, str or Optional of those)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw.lower() in ("none", "null"):
+            return None
+        tp = args[0]
+    if tp is bool:
+        low = raw.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key} must be a bool (true/false), got {raw!r}.")
+    if tp is int:
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key} must be an int, got {raw!r}.") from None
+    if tp is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{key} must be a float, got {raw!r}.") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {raw!r}.")
+        return value
+    if tp is str:
+        return raw
+    raise ConfigError(f"{key} cannot be set from the command line (type {tp}).")

@@ -1,0 +1,18 @@
+"""Networks (flax.nnx) and the adapter from a module to a pure ``model_fn``."""
+
+from genflow.networks._adapter import ModelFn as ModelFn, as_model_fn as as_model_fn
+from genflow.networks._embedding import (
+    FourierEmbedding as FourierEmbedding,
+    SinusoidalEmbedding as SinusoidalEmbedding,
+    make_time_embedding as make_time_embedding,
+)
+from genflow.networks._mlp import MLP as MLP
+
+__all__ = [
+    "MLP",
+    "FourierEmbedding",
+    "ModelFn",
+    "SinusoidalEmbedding",
+    "as_model_fn",
+    "make_time_embedding",
+]

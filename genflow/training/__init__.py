@@ -1,0 +1,42 @@
+"""Training: state, the jitted loop, EMA and checkpoints (flax, optax, orbax)."""
+
+from genflow.training._loop import (
+    CHECKPOINT_DIR as CHECKPOINT_DIR,
+    CONFIG_FILE as CONFIG_FILE,
+    METRICS_FILE as METRICS_FILE,
+    check_workdir_compatible as check_workdir_compatible,
+    data_shape_of as data_shape_of,
+    make_train_chunk as make_train_chunk,
+    restore_run as restore_run,
+    train as train,
+)
+from genflow.training._state import (
+    Setup as Setup,
+    TrainState as TrainState,
+    build_model as build_model,
+    init_train_state as init_train_state,
+    learning_rate_schedule as learning_rate_schedule,
+    make_optimizer as make_optimizer,
+    model_fn_from as model_fn_from,
+)
+from genflow.training.checkpoint import Checkpointer as Checkpointer, has_checkpoint as has_checkpoint
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "check_workdir_compatible",
+    "Checkpointer",
+    "Setup",
+    "TrainState",
+    "build_model",
+    "data_shape_of",
+    "has_checkpoint",
+    "init_train_state",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "make_train_chunk",
+    "model_fn_from",
+    "restore_run",
+    "train",
+]

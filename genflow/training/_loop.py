@@ -1,0 +1,220 @@
+"""The training loop: one jitted, donated, multi-step dispatch, driven from the host.
+
+``train(config, workdir)`` builds the state (or restores the latest checkpoint of
+``workdir``), then repeats: draw ``k`` batches on the host, run ``k`` optimizer steps in
+one compiled ``lax.scan``, log, and checkpoint. Chunks start at multiples of
+``steps_per_dispatch`` and every random number is a function of the step index, so a run
+that is stopped and resumed replays bit-for-bit the same computation as one that is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from genflow import losses
+from genflow.config import Config, ConfigError, config_to_dict, load_config_json, make_weighting, save_config
+from genflow.data import ToyBatches
+from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
+from genflow.training.checkpoint import Checkpointer
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def data_shape_of(config: Config) -> tuple[int, ...]:
+    """Shape of one training example of ``config.data``."""
+    return tuple(ToyBatches(config.data.name, 1, config.data.seed).batch(0).shape[1:])
+
+
+def make_train_chunk(config: Config, setup: Setup) -> Callable:
+    """``chunk(state, batches) -> (state, metrics)``: ``k`` optimizer steps in one dispatch.
+
+    ``batches["x"]`` has shape ``(k, batch, *data_shape)``; ``state`` is donated. The
+    returned metrics are averages over the ``k`` steps.
+    """
+    process = config.process
+    tc = config.train
+    weighting = make_weighting(tc.weighting)
+    base_key = jax.random.key(tc.seed)
+
+    def loss_fn(params, batch, key):
+        model = nnx.merge(setup.graphdef, params, setup.rest)
+        return losses.denoising_loss(
+            model,
+            process,
+            batch["x"],
+            key=key,
+            prediction=tc.prediction,
+            weighting=weighting,
+            t_min=tc.t_min,
+            cond=batch.get("cond"),
+        )
+
+    def one_step(state: TrainState, batch):
+        key = jax.random.fold_in(base_key, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
+        updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: tc.ema_decay * e + (1.0 - tc.ema_decay) * p, state.ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, opt_state, ema), metrics
+
+    def chunk(state: TrainState, batches):
+        state, metrics = jax.lax.scan(one_step, state, batches)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+def check_workdir_compatible(config: Config, workdir: Path) -> None:
+    """Refuse to resume a run whose saved config would build a different model."""
+    workdir = Path(workdir)
+    saved_path = workdir / CONFIG_FILE
+    if not saved_path.exists() or not (workdir / CHECKPOINT_DIR).exists():
+        return
+    saved = config_to_dict(load_config_json(saved_path))
+    new = config_to_dict(config)
+    for section in ("process", "data", "model"):
+        if saved[section] != new[section]:
+            diff = [
+                f"{section}.{k}: {saved[section].get(k)!r} -> {new[section].get(k)!r}"
+                for k in sorted(set(saved[section]) | set(new[section]))
+                if saved[section].get(k) != new[section].get(k)
+            ]
+            raise ConfigError(
+                f"{workdir} holds a run with a different {section} config ({'; '.join(diff)}); "
+                "use another --workdir, or --fresh to discard that run."
+            )
+    for key in ("prediction", "seed", "steps_per_dispatch"):
+        if saved["train"][key] != new["train"][key]:
+            raise ConfigError(
+                f"{workdir} holds a run with train.{key}={saved['train'][key]!r}, not "
+                f"{new['train'][key]!r}; use another --workdir, or --fresh to discard that run."
+            )
+
+
+def train(
+    config: Config,
+    workdir: str | Path,
+    *,
+    fresh: bool = False,
+    progress: bool = True,
+    on_chunk: Callable[[int, dict], None] | None = None,
+) -> tuple[Setup, TrainState]:
+    """Train ``config`` in ``workdir``, resuming from its latest checkpoint if any.
+
+    Args:
+      config: the experiment.
+      workdir: the run directory (created); holds ``config.json``, ``metrics.jsonl`` and
+        ``checkpoints/``.
+      fresh: delete an existing run in ``workdir`` first instead of resuming it.
+      progress: show a progress bar.
+      on_chunk: called as ``on_chunk(step, metrics)`` after every dispatch.
+
+    Returns:
+      ``(setup, state)`` after ``config.train.num_steps`` steps.
+    """
+    workdir = Path(workdir)
+    if fresh:
+        for name in (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE):
+            path = workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    check_workdir_compatible(config, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(config, workdir / CONFIG_FILE)
+
+    tc = config.train
+    data = ToyBatches(config.data.name, config.data.batch_size, config.data.seed)
+    setup, state = init_train_state(config, data_shape_of(config))
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=tc.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, state)
+        print(f"resuming from step {start} in {workdir / CHECKPOINT_DIR}")
+    step = int(state.step)
+
+    chunk = make_train_chunk(config, setup)
+    schedule = learning_rate_schedule(tc)
+    bar = tqdm(
+        total=tc.num_steps, initial=step, disable=not progress, unit="step",
+        dynamic_ncols=True, mininterval=0.5,
+    )
+    last_time, last_step = time.perf_counter(), step
+    try:
+        with open(workdir / METRICS_FILE, "a") as log:
+            while step < tc.num_steps:
+                # End chunks on multiples of steps_per_dispatch (and at num_steps).
+                k = min(tc.steps_per_dispatch - step % tc.steps_per_dispatch, tc.num_steps - step)
+                batches = {"x": jnp.asarray(data.batches(step, k))}
+                state, metrics = chunk(state, batches)
+                prev, step = step, step + k
+                bar.update(k)
+                crossed = lambda every: step // every > prev // every or step == tc.num_steps  # noqa: E731
+                if crossed(tc.log_every):
+                    metrics = {k_: float(v) for k_, v in metrics.items()}
+                    now = time.perf_counter()
+                    record = {
+                        "step": step,
+                        **metrics,
+                        "lr": float(schedule(step)),
+                        "steps_per_sec": (step - last_step) / max(now - last_time, 1e-9),
+                        "time": time.time(),
+                    }
+                    last_time, last_step = now, step
+                    if not math.isfinite(record["loss"]):
+                        raise FloatingPointError(
+                            f"loss became {record['loss']} at step {step}; lower train.lr or "
+                            "train.grad_clip. The last good checkpoint is kept."
+                        )
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_sec']:.0f}")
+                    if on_chunk is not None:
+                        on_chunk(step, record)
+                if crossed(tc.checkpoint_every):
+                    ckpt.save(step, state)
+    finally:
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+    return setup, state
+
+
+def restore_run(
+    workdir: str | Path, *, weights: str = "ema"
+) -> tuple[Config, Setup, TrainState, Any]:
+    """Load ``workdir``'s config and latest checkpoint.
+
+    Returns:
+      ``(config, setup, state, params)`` where ``params`` are the EMA (``weights="ema"``) or
+      raw (``"raw"``) parameters.
+    """
+    workdir = Path(workdir)
+    config = load_config_json(workdir / CONFIG_FILE)
+    setup, state = init_train_state(config, data_shape_of(config))
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / CHECKPOINT_DIR}")
+        state = ckpt.restore(step, state)
+    finally:
+        ckpt.close()
+    params = state.ema if weights == "ema" else state.params
+    return config, setup, state, params

@@ -1,0 +1,96 @@
+"""Training state and its construction from a config."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from genflow.config import Config, ModelConfig, TrainConfig
+from genflow.networks import MLP, ModelFn
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (and is checkpointed).
+
+    Attributes:
+      step: number of optimizer steps taken.
+      params: the network's trainable parameters (an ``nnx.State``).
+      opt_state: optax state.
+      ema: exponential moving average of ``params``.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema: Any
+
+
+def build_model(config: ModelConfig, data_shape: tuple[int, ...], *, seed: int) -> nnx.Module:
+    """Construct the network named by ``config`` for data of ``data_shape``."""
+    if config.name == "mlp":
+        if len(data_shape) != 1:
+            raise ValueError(f"the MLP needs flat data (d,), got data shape {data_shape}.")
+        return MLP(
+            data_shape[0],
+            hidden=config.hidden,
+            depth=config.depth,
+            embedding=config.embedding,
+            embed_dim=config.embed_dim,
+            num_classes=config.num_classes,
+            rngs=nnx.Rngs(seed),
+        )
+    raise ValueError(f"unknown model {config.name!r}.")
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+    """Linear warm-up to ``lr``, then constant or cosine decay to ``lr / 100`` at ``num_steps``."""
+    if config.lr_decay == "constant":
+        if config.warmup_steps == 0:  # optax's linear warm-up over 0 steps would stay at 0
+            return optax.constant_schedule(config.lr)
+        return optax.warmup_constant_schedule(0.0, config.lr, config.warmup_steps)
+    return optax.warmup_cosine_decay_schedule(
+        0.0,
+        config.lr,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(config.num_steps, config.warmup_steps + 1),
+        end_value=config.lr / 100,
+    )
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Gradient clipping by global norm, then AdamW with the warm-up schedule."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay),
+    )
+
+
+class Setup(NamedTuple):
+    """The static parts of a run: how to rebuild the network and step the optimizer."""
+
+    graphdef: Any
+    rest: Any  # non-trainable module state (kept constant)
+    optimizer: optax.GradientTransformation
+
+
+def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup, TrainState]:
+    """Build the network and optimizer and the step-0 state."""
+    model = build_model(config.model, data_shape, seed=config.train.seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = make_optimizer(config.train)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema=jax.tree.map(jnp.copy, params),
+    )
+    return Setup(graphdef, rest, optimizer), state
+
+
+def model_fn_from(setup: Setup, params: Any) -> ModelFn:
+    """The pure ``model_fn`` of the network with ``params`` (raw or EMA)."""
+    return ModelFn(setup.graphdef, (params, setup.rest))

@@ -1,0 +1,82 @@
+"""Checkpoints with orbax: the only module in genflow that imports orbax.
+
+Each save is written to a temporary directory and renamed into place when complete, so
+a crash or ``kill -9`` during a write leaves the previous checkpoint untouched; restore
+only ever sees finalized checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Save and restore a training-state pytree under ``<workdir>/checkpoints``.
+
+    Args:
+      directory: where step directories are written.
+      max_to_keep: how many recent checkpoints to keep.
+      read_only: open an existing directory without creating or cleaning it.
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=True,
+        )
+        # orbax announces read-only mode through absl warnings; it is what we asked for.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        if read_only:
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.setLevel(level)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any) -> None:
+        """Start writing ``state`` as ``step`` in the background (returns at once)."""
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+    def restore(self, step: int, target: Any) -> Any:
+        """Restore ``step`` into the structure, shapes and dtypes of ``target``."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+        return restored.state
+
+    def wait(self) -> None:
+        """Block until background writes are finalized."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    """Whether ``directory`` holds at least one finalized checkpoint (creates nothing)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        return ckpt.latest_step() is not None
+    finally:
+        ckpt.close()

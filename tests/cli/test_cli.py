@@ -1,0 +1,177 @@
+"""End-to-end tests of the ``genflow`` command line, each in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO / "configs" / "toy_checkerboard_vp.py"
+
+# A tiny, fast run: constant learning rate so that num_steps does not change the schedule.
+TINY = [
+    "model.hidden=32", "model.depth=1", "model.embed_dim=16", "data.batch_size=64",
+    "train.lr_decay=constant", "train.warmup_steps=10", "train.steps_per_dispatch=10",
+    "train.log_every=10",
+]
+
+
+def genflow(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "genflow", *args], capture_output=True, text=True,
+        timeout=timeout, cwd=REPO, env=env, **kwargs,
+    )
+
+
+def sets(*items):
+    out = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("genflow: error:")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--config", "configs/no_such_file.py"], ["config file not found", "no_such_file.py"]),
+        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.no_such_key=3"], ["train.no_such_key"]),
+        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.num_steps=abc"], ["train.num_steps", "int"]),
+        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.lr=fast"], ["train.lr", "float"]),
+        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.num_steps=-5"], ["train.num_steps", "positive"]),
+        (["train", "--config", str(DEFAULT_CONFIG), "--set", "nosection.x=1"], ["nosection"]),
+        (["train", "--config", str(DEFAULT_CONFIG), "--set", "data.name=mnist3d"], ["mnist3d", "checkerboard"]),
+    ],
+    ids=["missing-config", "unknown-key", "int-type", "float-type", "negative-steps", "unknown-section", "unknown-dataset"],
+)
+def test_train_bad_input(tmp_path, args, needles):
+    proc = genflow(*args, "--workdir", str(tmp_path / "run"))
+    assert_usage_error(proc, *needles)
+    assert not (tmp_path / "run").exists(), "nothing may be written before the input is valid"
+
+
+def test_sample_without_checkpoint(tmp_path):
+    proc = genflow("sample", "--workdir", str(tmp_path / "empty"))
+    assert_usage_error(proc, "empty")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """200 steps straight through, checkpointed at 100 and 200."""
+    workdir = tmp_path_factory.mktemp("straight")
+    proc = genflow(
+        "train", "--config", str(DEFAULT_CONFIG), "--workdir", str(workdir), "--no-progress",
+        *sets(*TINY, "train.num_steps=200", "train.checkpoint_every=100"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return workdir
+
+
+def test_sample_bad_input(trained_run, tmp_path):
+    assert_usage_error(genflow("sample", "--workdir", str(trained_run), "--sampler", "rk99"), "rk99", "heun")
+    assert_usage_error(genflow("sample", "--workdir", str(trained_run), "--steps", "-3"), "--steps")
+    assert_usage_error(genflow("sample", "--workdir", str(trained_run), "--steps", "x"), "--steps")
+
+
+def test_train_writes_run_directory(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["train"]["num_steps"] == 200 and config["model"]["hidden"] == 32
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(10, 201, 10))
+    assert all(np.isfinite(r["loss"]) and r["steps_per_sec"] > 0 for r in records)
+    assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
+
+
+def test_sample_writes_outputs(trained_run, tmp_path):
+    out = tmp_path / "draw"
+    proc = genflow(
+        "sample", "--workdir", str(trained_run), "--sampler", "euler", "--steps", "7",
+        "--num", "300", "--seed", "3", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(out.with_suffix(".npz"))
+    assert data["samples"].shape == (300, 2) and np.all(np.isfinite(data["samples"]))
+    assert int(data["nfe"]) == 7 and str(data["sampler"]) == "euler" and int(data["step"]) == 200
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "sliced W2" in proc.stdout and "floor" in proc.stdout
+
+
+def _load_state(workdir: Path):
+    from genflow.training import restore_run
+
+    _, _, state, _ = restore_run(workdir)
+    return state
+
+
+def test_resume_after_sigkill_is_bit_identical(trained_run, tmp_path):
+    """Kill a long run at an arbitrary point, resume it to 200 steps: same bits as straight."""
+    workdir = tmp_path / "killed"
+    cmd = [
+        sys.executable, "-m", "genflow", "train", "--config", str(DEFAULT_CONFIG),
+        "--workdir", str(workdir), "--no-progress",
+        *sets(*TINY, "train.num_steps=100000", "train.checkpoint_every=10", "train.keep_checkpoints=50"),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = workdir / "checkpoints"
+    deadline = time.time() + 240
+    try:
+        # Wait for some finalized checkpoints, then kill while writes are still going on.
+        while time.time() < deadline:
+            steps = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+            if steps and max(steps) >= 50:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    from genflow.training import Checkpointer
+
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    latest = ckpt.latest_step()
+    ckpt.close()
+    assert latest is not None and 50 <= latest < 200, latest
+
+    proc = genflow(
+        "train", "--config", str(DEFAULT_CONFIG), "--workdir", str(workdir), "--no-progress",
+        *sets(*TINY, "train.num_steps=200", "train.checkpoint_every=100"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from step {latest}" in proc.stdout
+
+    import jax
+
+    straight, resumed = _load_state(trained_run), _load_state(workdir)
+    assert int(straight.step) == int(resumed.step) == 200
+    for name in ("params", "ema", "opt_state"):
+        a, b = jax.tree.leaves(getattr(straight, name)), jax.tree.leaves(getattr(resumed, name))
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+
+
+def test_resume_refuses_a_different_model(trained_run):
+    proc = genflow(
+        "train", "--config", str(DEFAULT_CONFIG), "--workdir", str(trained_run),
+        *sets(*TINY, "model.hidden=64", "train.num_steps=300"),
+    )
+    assert_usage_error(proc, "model.hidden", "--fresh")
