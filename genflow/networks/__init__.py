@@ -3,6 +3,7 @@
 from genflow.networks._adapter import ModelFn as ModelFn, as_model_fn as as_model_fn
 from genflow.networks._embedding import (
     FourierEmbedding as FourierEmbedding,
+    FrozenParam as FrozenParam,
     SinusoidalEmbedding as SinusoidalEmbedding,
     make_time_embedding as make_time_embedding,
 )
@@ -11,6 +12,7 @@ from genflow.networks._mlp import MLP as MLP
 __all__ = [
     "MLP",
     "FourierEmbedding",
+    "FrozenParam",
     "ModelFn",
     "SinusoidalEmbedding",
     "as_model_fn",

@@ -10,6 +10,10 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 
+class FrozenParam(nnx.Param):
+    """A parameter saved with the model but never trained (no gradient, no weight decay)."""
+
+
 class SinusoidalEmbedding(nnx.Module):
     """Transformer-style sinusoids of ``scale * t`` at geometrically spaced frequencies.
 
@@ -35,14 +39,14 @@ class FourierEmbedding(nnx.Module):
     """Gaussian random Fourier features ``[sin(2 pi W t), cos(2 pi W t)]``, ``W ~ N(0, scale^2)``.
 
     The frequencies are drawn once at construction and kept fixed (no gradient flows into
-    them), as in score_sde's ``GaussianFourierProjection``; they are stored with the
-    parameters so that a checkpoint restores them.
+    them), as in score_sde's ``GaussianFourierProjection``. They are a :class:`FrozenParam`:
+    stored with the parameters, so a checkpoint restores them, and masked out of weight decay.
     """
 
     def __init__(self, dim: int, *, scale: float = 16.0, rngs: nnx.Rngs):
         if dim % 2:
             raise ValueError(f"embedding dim must be even, got {dim}.")
-        self.freqs = nnx.Param(scale * jax.random.normal(rngs.params(), (dim // 2,)))
+        self.freqs = FrozenParam(scale * jax.random.normal(rngs.params(), (dim // 2,), jnp.float32))
 
     def __call__(self, t: Float[Array, "b"]) -> Float[Array, "b dim"]:
         w = jax.lax.stop_gradient(self.freqs[...])

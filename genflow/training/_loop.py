@@ -205,6 +205,8 @@ def restore_run(
       ``(config, setup, state, params)`` where ``params`` are the EMA (``weights="ema"``) or
       raw (``"raw"``) parameters.
     """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
     workdir = Path(workdir)
     config = load_config_json(workdir / CONFIG_FILE)
     setup, state = init_train_state(config, data_shape_of(config))

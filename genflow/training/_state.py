@@ -10,7 +10,7 @@ import optax
 from flax import nnx
 
 from genflow.config import Config, ModelConfig, TrainConfig
-from genflow.networks import MLP, ModelFn
+from genflow.networks import MLP, FrozenParam, ModelFn
 
 
 class TrainState(NamedTuple):
@@ -61,11 +61,26 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
     )
 
 
+def _weight_decay_mask(params: Any) -> Any:
+    return jax.tree.map(
+        lambda v: not isinstance(v, FrozenParam), params,
+        is_leaf=lambda v: isinstance(v, nnx.Variable),
+    )
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Gradient clipping by global norm, then AdamW with the warm-up schedule."""
+    """Gradient clipping by global norm, then AdamW with the warm-up schedule.
+
+    Weight decay skips :class:`~genflow.networks.FrozenParam` leaves (they get no gradient
+    either, so Adam leaves them exactly where they are).
+    """
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay),
+        optax.adamw(
+            learning_rate_schedule(config),
+            weight_decay=config.weight_decay,
+            mask=_weight_decay_mask,
+        ),
     )
 
 
