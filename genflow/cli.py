@@ -128,7 +128,7 @@ def _run_sample(args) -> int:
     from genflow.plotting import scatter_png
     from genflow.training import data_shape_of, model_fn_from, restore_run
 
-    _, setup, state, params = restore_run(workdir, weights=args.weights)
+    _, setup, step, params = restore_run(workdir, weights=args.weights)
     sc = config.sample
     solver = make_solver(sc.sampler)
     data_shape = data_shape_of(config)
@@ -144,14 +144,14 @@ def _run_sample(args) -> int:
 
     print(
         f"sampling {sc.num_samples} points with {sc.sampler}, {sc.num_steps} steps "
-        f"({sc.grid} grid, {args.weights} weights, checkpoint step {int(state.step)})"
+        f"({sc.grid} grid, {args.weights} weights, checkpoint step {step})"
     )
     x, nfe = draw(model_fn_from(setup, params), jax.random.key(sc.seed))
     x = np.asarray(jax.device_get(x))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         out.with_suffix(".npz"), samples=x, nfe=int(nfe), sampler=sc.sampler,
-        num_steps=sc.num_steps, grid=sc.grid, step=int(state.step),
+        num_steps=sc.num_steps, grid=sc.grid, step=step,
     )
     # Fresh data, from seeds that training never used.
     fresh = lambda num, seed: sample_toy(config.data.name, num, seed=[2**31 - 1, seed])  # noqa: E731

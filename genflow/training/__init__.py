@@ -8,6 +8,7 @@ from genflow.training._loop import (
     data_shape_of as data_shape_of,
     make_train_chunk as make_train_chunk,
     restore_run as restore_run,
+    restore_train_state as restore_train_state,
     train as train,
 )
 from genflow.training._state import (
@@ -38,5 +39,6 @@ __all__ = [
     "make_train_chunk",
     "model_fn_from",
     "restore_run",
+    "restore_train_state",
     "train",
 ]

@@ -69,7 +69,7 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
         updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: tc.ema_decay * e + (1.0 - tc.ema_decay) * p, state.ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state, ema), metrics
 
     def chunk(state: TrainState, batches):
@@ -196,27 +196,44 @@ def train(
     return setup, state
 
 
-def restore_run(
-    workdir: str | Path, *, weights: str = "ema"
-) -> tuple[Config, Setup, TrainState, Any]:
-    """Load ``workdir``'s config and latest checkpoint.
+def _latest_step(ckpt: Checkpointer, workdir: Path) -> int:
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / CHECKPOINT_DIR}")
+    return step
+
+
+def restore_run(workdir: str | Path, *, weights: str = "ema") -> tuple[Config, Setup, int, Any]:
+    """Load ``workdir``'s config and the weights of its latest checkpoint, for sampling.
+
+    Only the step and the requested weights are read, not the optimizer state.
 
     Returns:
-      ``(config, setup, state, params)`` where ``params`` are the EMA (``weights="ema"``) or
-      raw (``"raw"``) parameters.
+      ``(config, setup, step, params)`` where ``params`` are the EMA (``weights="ema"``) or
+      raw (``"raw"``) parameters; ``model_fn_from(setup, params)`` is the model.
     """
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
     workdir = Path(workdir)
     config = load_config_json(workdir / CONFIG_FILE)
     setup, state = init_train_state(config, data_shape_of(config))
+    key = "ema" if weights == "ema" else "params"
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
     try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / CHECKPOINT_DIR}")
-        state = ckpt.restore(step, state)
+        restored = ckpt.restore(_latest_step(ckpt, workdir), {"step": state.step, key: state.ema})
     finally:
         ckpt.close()
-    params = state.ema if weights == "ema" else state.params
-    return config, setup, state, params
+    return config, setup, int(restored["step"]), restored[key]
+
+
+def restore_train_state(workdir: str | Path) -> tuple[Config, Setup, TrainState]:
+    """Load ``workdir``'s config and the whole training state of its latest checkpoint."""
+    workdir = Path(workdir)
+    config = load_config_json(workdir / CONFIG_FILE)
+    setup, state = init_train_state(config, data_shape_of(config))
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
+    try:
+        state = ckpt.restore(_latest_step(ckpt, workdir), state)
+    finally:
+        ckpt.close()
+    return config, setup, state

@@ -51,16 +51,35 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any) -> None:
-        """Start writing ``state`` as ``step`` in the background (returns at once)."""
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        """Start writing ``state`` as ``step`` in the background (returns at once).
+
+        ``state`` is a dict or a NamedTuple of pytrees; each entry is its own orbax item, so
+        that a reader can restore some of them (the EMA weights alone, say) without the rest.
+        """
+        items = _items(state)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                # Wrapped in a dict: orbax's standard handler refuses a bare scalar.
+                **{k: ocp.args.StandardSave({"value": v}) for k, v in items.items()}
+            ),
+        )
 
     def restore(self, step: int, target: Any) -> Any:
-        """Restore ``step`` into the structure, shapes and dtypes of ``target``."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        """Restore ``step`` into the structure, shapes and dtypes of ``target``.
+
+        ``target`` may name a subset of the saved entries; the result has ``target``'s type.
+        """
+        items = _items(target)
+        abstract = {
+            k: {"value": jax.tree.map(ocp.utils.to_shape_dtype_struct, v)} for k, v in items.items()
+        }
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            step,
+            args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in abstract.items()}),
         )
-        return restored.state
+        values = {k: restored[k]["value"] for k in items}
+        return type(target)(**values) if hasattr(target, "_asdict") else values
 
     def wait(self) -> None:
         """Block until background writes are finalized."""
@@ -68,6 +87,14 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _items(state: Any) -> dict[str, Any]:
+    if hasattr(state, "_asdict"):
+        return dict(state._asdict())
+    if isinstance(state, dict):
+        return dict(state)
+    raise TypeError(f"checkpoint a dict or NamedTuple of pytrees, got {type(state).__name__}.")
 
 
 def has_checkpoint(directory: str | Path) -> bool:

@@ -40,6 +40,7 @@ def sets(*items):
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit status 2 and exactly one line on stderr, naming the problem; no traceback."""
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line, got:\n{proc.stderr}"
@@ -49,28 +50,48 @@ def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert needle in lines[0], lines[0]
 
 
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """``genflow.cli.main`` in this process (imports are paid once), as a CompletedProcess."""
+    from genflow.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_missing_config_in_a_fresh_process(tmp_path):
+    proc = genflow("train", "--config", "configs/no_such_file.py", "--workdir", str(tmp_path / "run"))
+    assert_usage_error(proc, "config file not found", "no_such_file.py")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["train", "--config", "configs/no_such_file.py"], ["config file not found", "no_such_file.py"]),
-        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.no_such_key=3"], ["train.no_such_key"]),
-        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.num_steps=abc"], ["train.num_steps", "int"]),
-        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.lr=fast"], ["train.lr", "float"]),
-        (["train", "--config", str(DEFAULT_CONFIG), "--set", "train.num_steps=-5"], ["train.num_steps", "positive"]),
-        (["train", "--config", str(DEFAULT_CONFIG), "--set", "nosection.x=1"], ["nosection"]),
-        (["train", "--config", str(DEFAULT_CONFIG), "--set", "data.name=mnist3d"], ["mnist3d", "checkerboard"]),
+        (["--set", "train.no_such_key=3"], ["train.no_such_key"]),
+        (["--set", "train.num_steps=abc"], ["train.num_steps", "int"]),
+        (["--set", "train.lr=fast"], ["train.lr", "float"]),
+        (["--set", "train.num_steps=-5"], ["train.num_steps", "positive"]),
+        (["--set", "nosection.x=1"], ["nosection"]),
+        (["--set", "data.name=mnist3d"], ["mnist3d", "checkerboard"]),
+        (["--set", "process=ve_sde"], ["ve_sde", "vp_linear"]),
+        (["--set", "train.num_steps"], ["KEY=VALUE"]),
     ],
-    ids=["missing-config", "unknown-key", "int-type", "float-type", "negative-steps", "unknown-section", "unknown-dataset"],
+    ids=[
+        "unknown-key", "int-type", "float-type", "negative-steps", "unknown-section",
+        "unknown-dataset", "unknown-process", "no-value",
+    ],
 )
-def test_train_bad_input(tmp_path, args, needles):
-    proc = genflow(*args, "--workdir", str(tmp_path / "run"))
+def test_train_bad_input(capsys, tmp_path, args, needles):
+    proc = run_main(capsys, "train", "--config", str(DEFAULT_CONFIG), "--workdir", str(tmp_path / "run"), *args)
     assert_usage_error(proc, *needles)
     assert not (tmp_path / "run").exists(), "nothing may be written before the input is valid"
 
 
 def test_sample_without_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
     proc = genflow("sample", "--workdir", str(tmp_path / "empty"))
-    assert_usage_error(proc, "empty")
+    assert_usage_error(proc, "empty", "genflow train")
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +106,17 @@ def trained_run(tmp_path_factory):
     return workdir
 
 
-def test_sample_bad_input(trained_run, tmp_path):
-    assert_usage_error(genflow("sample", "--workdir", str(trained_run), "--sampler", "rk99"), "rk99", "heun")
-    assert_usage_error(genflow("sample", "--workdir", str(trained_run), "--steps", "-3"), "--steps")
-    assert_usage_error(genflow("sample", "--workdir", str(trained_run), "--steps", "x"), "--steps")
+def test_sample_bad_input(capsys, trained_run):
+    workdir = str(trained_run)
+    assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--sampler", "rk99"), "rk99", "heun")
+    assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--steps", "-3"), "--steps")
+    assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--steps", "x"), "--steps")
+    assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--grid", "cubic"), "cubic")
+    # A run directory without checkpoints (deleted): named, with what to do.
+    bare = trained_run.parent / "bare"
+    bare.mkdir(exist_ok=True)
+    (bare / "config.json").write_text((trained_run / "config.json").read_text())
+    assert_usage_error(run_main(capsys, "sample", "--workdir", str(bare)), "no checkpoint", "genflow train")
 
 
 def test_train_writes_run_directory(trained_run):
@@ -115,10 +143,9 @@ def test_sample_writes_outputs(trained_run, tmp_path):
 
 
 def _load_state(workdir: Path):
-    from genflow.training import restore_run
+    from genflow.training import restore_train_state
 
-    _, _, state, _ = restore_run(workdir)
-    return state
+    return restore_train_state(workdir)[2]
 
 
 def test_resume_after_sigkill_is_bit_identical(trained_run, tmp_path):
@@ -169,9 +196,9 @@ def test_resume_after_sigkill_is_bit_identical(trained_run, tmp_path):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
 
 
-def test_resume_refuses_a_different_model(trained_run):
-    proc = genflow(
-        "train", "--config", str(DEFAULT_CONFIG), "--workdir", str(trained_run),
+def test_resume_refuses_a_different_model(capsys, trained_run):
+    proc = run_main(
+        capsys, "train", "--config", str(DEFAULT_CONFIG), "--workdir", str(trained_run),
         *sets(*TINY, "model.hidden=64", "train.num_steps=300"),
     )
     assert_usage_error(proc, "model.hidden", "--fresh")

@@ -2,7 +2,7 @@
 
 An interrupted save is simulated by what orbax 0.12.8 leaves on disk while writing step N: a
 directory ``N.orbax-checkpoint-tmp`` holding ``_CHECKPOINT_METADATA`` and a half-written item
-directory ``state.orbax-checkpoint-tmp``; only the final rename to ``N`` makes it a checkpoint.
+directory per item, such as ``params.orbax-checkpoint-tmp``; only the final rename to ``N`` makes it a checkpoint.
 """
 
 import shutil
@@ -109,11 +109,13 @@ def fabricate_interrupted_save(directory, good_step, step):
     """Leave ``step`` as orbax does mid-write: a tmp directory with partial contents."""
     tmp = directory / f"{step}.orbax-checkpoint-tmp"
     shutil.copytree(directory / str(good_step), tmp)
-    shutil.move(tmp / "state", tmp / "state.orbax-checkpoint-tmp")
     (tmp / "commit_success.txt").unlink(missing_ok=True)
-    item = tmp / "state.orbax-checkpoint-tmp"
-    (item / "commit_success.txt").unlink(missing_ok=True)
-    (item / "manifest.ocdbt").write_bytes(b"\x00partial")  # truncated write
+    # Every item (params, ema, opt_state, step) half-written.
+    for item in [p for p in tmp.iterdir() if p.is_dir()]:
+        partial = item.with_name(item.name + ".orbax-checkpoint-tmp")
+        shutil.move(item, partial)
+        (partial / "commit_success.txt").unlink(missing_ok=True)
+        (partial / "manifest.ocdbt").write_bytes(b"\x00partial")  # truncated write
     return tmp
 
 
