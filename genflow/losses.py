@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from genflow.prediction import Prediction, from_x0_eps, to_x0_eps
-from genflow.processes._base import AbstractGaussianPath
+from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
 
 
 class AbstractWeighting(abc.ABC):
@@ -50,7 +50,7 @@ def _mean_per_example(err: Array) -> Array:
     return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class Uniform(AbstractWeighting):
     """Plain mean squared error between the prediction and its target."""
@@ -60,7 +60,7 @@ class Uniform(AbstractWeighting):
         return _mean_per_example((pred - target) ** 2)
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class LikelihoodWeighting(AbstractWeighting):
     """Weight ``g_t^2 / sigma_t^2`` on the noise error (maximum-likelihood weighting)."""

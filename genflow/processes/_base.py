@@ -19,10 +19,39 @@ recompile it.
 from __future__ import annotations
 
 import abc
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+
+def pytree_dataclass(cls):
+    """Register a dataclass as a pytree whose fields are all leaves (its hyperparameters are data).
+
+    Used instead of ``jax.tree_util.register_dataclass``: with that, two different classes with
+    the same number of fields (``VPLinear`` and ``VPCosine``, or ``Euler`` and ``Heun``) get
+    PyTreeDefs that compare equal (jax 0.10), so a jitted function may reuse the compilation
+    traced for the other class and silently compute with the wrong process or solver. A custom
+    node compares its class. Unflattening bypasses ``__init__`` (validation is for user input;
+    JAX unflattens with tracers and placeholders).
+    """
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def flatten_with_keys(obj):
+        return [(jax.tree_util.GetAttrKey(n), getattr(obj, n)) for n in names], None
+
+    def flatten(obj):
+        return [getattr(obj, n) for n in names], None
+
+    def unflatten(_, children):
+        obj = object.__new__(cls)
+        for n, v in zip(names, children):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    return cls
 
 
 def broadcast_to_data(coef: ArrayLike, x: Array) -> Array:

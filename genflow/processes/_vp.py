@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from genflow.processes._base import AbstractGaussianPath
+from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
 
 
 def _as_float(t: ArrayLike) -> Array:
@@ -30,7 +29,7 @@ def _log_alpha_from_log_snr(lam: Array) -> Array:
     return -0.5 * jnp.logaddexp(0.0, -2.0 * lam)
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class VPLinear(AbstractGaussianPath):
     """VP SDE with the linear schedule ``beta(t) = beta_min + t (beta_max - beta_min)``.
@@ -83,7 +82,7 @@ class VPLinear(AbstractGaussianPath):
         return -0.5 * beta, beta
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class VPCosine(AbstractGaussianPath):
     """VP with the cosine schedule of Nichol & Dhariwal (2021), in continuous time.
@@ -108,9 +107,14 @@ class VPCosine(AbstractGaussianPath):
         return 0.5 * math.pi * (t * self.t_max + self.s) / (1.0 + self.s)
 
     def _log_alpha(self, t: Array) -> Array:
-        return jnp.log(jnp.cos(self._phase(t))) - jnp.log(
-            jnp.cos(0.5 * math.pi * self.s / (1.0 + self.s))
-        )
+        # alpha = cos(p0 + d) / cos(p0) = 1 - u with u = 2 sin^2(d/2) + tan(p0) sin(d),
+        # p0 = pi/2 s/(1+s), d = pi/2 t t_max/(1+s). Both terms of u are >= 0, so u (hence
+        # sigma^2 = 1 - alpha^2) keeps full relative precision near t = 0, and u(0) = 0 exactly,
+        # whatever the precision of t (log cos(p) - log cos(p0) cancels catastrophically there).
+        d = 0.5 * math.pi * t * self.t_max / (1.0 + self.s)
+        tan_p0 = jnp.tan(0.5 * math.pi * self.s / (1.0 + self.s)).astype(d.dtype)
+        u = 2.0 * jnp.sin(0.5 * d) ** 2 + tan_p0 * jnp.sin(d)
+        return jnp.log1p(-u)
 
     def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
         log_alpha = self._log_alpha(_as_float(t))
@@ -122,6 +126,13 @@ class VPCosine(AbstractGaussianPath):
         d_phase = 0.5 * math.pi * self.t_max / (1.0 + self.s)
         d_alpha = -alpha * jnp.tan(self._phase(t)) * d_phase
         return d_alpha, -alpha * d_alpha / sigma
+
+    def sde(self, t: ArrayLike) -> tuple[Array, Array]:
+        # VP: d(alpha^2 + sigma^2)/dt = 0, so g^2 = -2 f; finite at t = 0, where the generic
+        # 2 sigma sigma' - 2 f sigma^2 is 0 * inf.
+        t = _as_float(t)
+        f = -jnp.tan(self._phase(t)) * 0.5 * math.pi * self.t_max / (1.0 + self.s)
+        return f, -2.0 * f
 
     def log_snr(self, t: ArrayLike) -> Array:
         log_alpha = self._log_alpha(_as_float(t))

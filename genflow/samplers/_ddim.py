@@ -7,11 +7,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from genflow.processes._base import broadcast_to_data
+from genflow.processes._base import broadcast_to_data, pytree_dataclass
 from genflow.samplers._base import AbstractSolver
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class DDIM(AbstractSolver):
     """DDIM step with stochasticity ``eta`` (0: deterministic, 1: DDPM ancestral sampling).

@@ -28,7 +28,8 @@ def quadratic(
 ) -> Float[Array, "n+1"]:
     """Uniform in ``sqrt(t)`` (DPM-Solver's ``time_quadratic``): denser near the data."""
     r = jnp.linspace(jnp.sqrt(t_start), jnp.sqrt(t_end), num_steps + 1, dtype=_time_dtype())
-    return r**2
+    # Pin the end points exactly: sqrt(t)^2 is t only to round-off.
+    return (r**2).at[0].set(t_start).at[-1].set(t_end)
 
 
 def log_snr_uniform(

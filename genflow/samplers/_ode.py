@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
+from genflow.processes._base import pytree_dataclass
 from genflow.samplers._base import AbstractSolver
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class Euler(AbstractSolver):
     """Explicit Euler on the probability-flow ODE: 1 NFE per step, order 1."""
@@ -22,7 +21,7 @@ class Euler(AbstractSolver):
         return x + (t_next - t_cur) * denoise.velocity(x, t_cur), state
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class Heun(AbstractSolver):
     """Heun's method (explicit trapezoidal rule) on the probability-flow ODE: 2 NFE per step, order 2."""

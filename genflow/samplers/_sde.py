@@ -7,11 +7,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from genflow.processes._base import broadcast_to_data
+from genflow.processes._base import broadcast_to_data, pytree_dataclass
 from genflow.samplers._base import AbstractSolver
 
 
-@jax.tree_util.register_dataclass
+@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class EulerMaruyama(AbstractSolver):
     """Euler–Maruyama on the reverse SDE (score_sde's ``EulerMaruyamaPredictor``).
