@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from genflow.prediction import Prediction, from_x0_eps, to_x0_eps
 from genflow.processes._base import AbstractGaussianPath, pytree_dataclass

@@ -90,7 +90,7 @@ class VPCosine(AbstractGaussianPath):
     ``alpha_t = cos(pi/2 (tau + s)/(1 + s)) / cos(pi/2 s/(1 + s))`` with ``tau = t * t_max``,
     ``sigma_t = sqrt(1 - alpha_t^2)``. The schedule's own time ends where alpha reaches 0
     (infinite log-SNR), so genflow's ``t = 1`` maps to ``tau = t_max`` (0.9946 as in
-    DPM-Solver, where ``lambda_1 ~ -5.0``), which keeps every quantity finite.
+    DPM-Solver, where ``lambda_1 ~ -4.78``), which keeps every quantity finite.
     """
 
     s: float = 0.008

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from genflow.processes._base import pytree_dataclass
 from genflow.samplers._base import AbstractSolver
 
@@ -34,5 +36,8 @@ class Heun(AbstractSolver):
         h = t_next - t_cur
         d_cur = denoise.velocity(x, t_cur)
         x_euler = x + h * d_cur
-        d_next = denoise.velocity(x_euler, t_next)
-        return x + 0.5 * h * (d_cur + d_next), state
+        # Where sigma_next = 0 (t_end = 0) the velocity is 0 * inf: keep the Euler step there,
+        # as EDM does, and evaluate the (unused) corrector at a finite time to keep it NaN-free.
+        has_noise = denoise.process.marginal(t_next)[1] > 0
+        d_next = denoise.velocity(x_euler, jnp.where(has_noise, t_next, t_cur))
+        return jnp.where(has_noise, x + 0.5 * h * (d_cur + d_next), x_euler), state

@@ -1,0 +1,286 @@
+"""The sampler contract: solvers x processes x prediction kinds.
+
+Every solver x process x kind (50 cases) runs un-jitted and is checked for shape, dtype,
+trajectory and exact nfe. What needs a compilation or a trace per case (jit against no-jit,
+vmap over keys, float32) runs on subsets that cover each solver, both processes and every kind:
+a stochastic solver compiles its random-number generator in about 2 s, so the full product
+under jit would alone exceed the time budget of the suite.
+
+The model is the exact network for Gaussian data (see _gaussian.py), so that results are also
+comparable across prediction kinds. Un-jitted runs use ``jax.disable_jit()`` (real op-by-op
+execution, where each model evaluation is a Python call with concrete arrays and can be counted).
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _gaussian import (
+    CONTRACT_STEPS,
+    KEYS,
+    KINDS,
+    M,
+    NFE_PER_STEP,
+    PROCESSES,
+    SOLVERS,
+    STOCHASTIC,
+    VAR,
+    X1,
+    coefs,
+    gaussian_model,
+    log_snr,
+    nojit_run,
+)
+from genflow.samplers import (
+    AbstractSolver,
+    Euler,
+    Heun,
+    karras,
+    log_snr_uniform,
+    quadratic,
+    sample,
+    uniform,
+)
+
+MATRIX = [(s, n, k) for s in SOLVERS for n in PROCESSES for k in KINDS]
+
+
+# --------------------------------------------------------------------------- full matrix
+@pytest.mark.parametrize("solver_name,name,kind", MATRIX)
+def test_contract_matrix(solver_name, name, kind):
+    """Shape, dtype, trajectory and exact nfe for every solver x process x kind (no jit)."""
+    r = nojit_run(solver_name, name, kind)
+    n = CONTRACT_STEPS
+    assert r["x"].shape == X1.shape and r["x_dtype"] == jnp.float64
+    assert np.all(np.isfinite(r["x"]))
+    # trajectory: (num_steps + 1, *x.shape), from x_init to x
+    assert r["trajectory"].shape == (n + 1, *X1.shape)
+    np.testing.assert_array_equal(r["trajectory"][0], X1)
+    np.testing.assert_array_equal(r["trajectory"][-1], r["x"])
+    assert not np.allclose(r["trajectory"][1], X1)  # it moved
+    # nfe: reported == real model evaluations counted here == the solver's cost
+    assert r["nfe"] == NFE_PER_STEP[solver_name] * n
+    assert r["calls"].count("run") == r["nfe"], r["calls"]
+
+
+# A subset for what is compiled or traced per case: each solver x process once, the prediction
+# kinds spread over them. DDIM(0) and DDIM(1) share the process and kind, hence one compilation.
+SUBSET = [
+    ("euler", "linear", "eps"),
+    ("euler", "cosine", "x0"),
+    ("heun", "linear", "v"),
+    ("heun", "cosine", "velocity"),
+    ("ddim0", "linear", "score"),
+    ("ddim1", "linear", "score"),
+    ("ddim0", "cosine", "v"),
+    ("ddim1", "cosine", "v"),
+    ("em", "linear", "velocity"),
+    ("em", "cosine", "score"),
+]
+
+
+# One case per solver class for the (op-by-op, hence slow) vmapped runs.
+VMAP_CASES = [
+    ("euler", "linear", "eps"),
+    ("heun", "cosine", "velocity"),
+    ("ddim0", "linear", "score"),
+    ("ddim1", "cosine", "v"),
+    ("em", "linear", "velocity"),
+]
+
+
+@pytest.mark.parametrize("solver_name,name,kind", VMAP_CASES)
+def test_vmap_over_keys_and_determinism(solver_name, name, kind):
+    """vmap over keys (K0, K0, K1): same key, same result, equal to the un-vmapped run; a
+    different key changes the result exactly when the solver is stochastic (no jit)."""
+    with jax.disable_jit():
+        xs = jax.vmap(
+            lambda k: sample(gaussian_model(name, kind), PROCESSES[name], SOLVERS[solver_name],
+                             key=k, x_init=X1, prediction=kind, num_steps=CONTRACT_STEPS).x
+        )(jnp.stack([KEYS[0], KEYS[0], KEYS[1]]))
+    xs = np.asarray(xs)
+    assert xs.shape == (3, *X1.shape)
+    np.testing.assert_array_equal(xs[0], xs[1])
+    unbatched = nojit_run(solver_name, name, kind)["x"]
+    np.testing.assert_allclose(xs[0], unbatched, rtol=1e-12, atol=1e-12)
+    if STOCHASTIC[solver_name]:
+        assert np.max(np.abs(xs[2] - xs[0])) > 1e-2
+    else:
+        np.testing.assert_allclose(xs[2], xs[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver_name,name,kind", SUBSET)
+def test_float32_in_float32_out(solver_name, name, kind):
+    """Shapes and dtypes of a float32 run (abstract evaluation: no compilation needed)."""
+    x32 = jnp.asarray(X1, jnp.float32)
+
+    def run(x):
+        res = sample(gaussian_model(name, kind), PROCESSES[name], SOLVERS[solver_name],
+                     key=KEYS[0], x_init=x, prediction=kind, num_steps=CONTRACT_STEPS,
+                     return_trajectory=True, denoise_final=True)
+        return res.x, res.trajectory
+
+    x, traj = jax.eval_shape(run, x32)
+    assert (x.shape, x.dtype) == (X1.shape, jnp.float32)
+    assert (traj.shape, traj.dtype) == ((CONTRACT_STEPS + 1, *X1.shape), jnp.float32)
+
+
+# --------------------------------------------------------------------------- jit
+_TRACE_LOG = []  # calls of the model while the jitted sampler is traced
+_NFE = {}
+
+
+@partial(jax.jit, static_argnames=("name", "kind"))
+def _jit_sample(solver, proc, key, x_init, name, kind):
+    model = gaussian_model(name, kind, counter=_TRACE_LOG)
+    res = sample(model, proc, solver, key=key, x_init=x_init, prediction=kind,
+                 num_steps=CONTRACT_STEPS)
+    _NFE["nfe"] = res.nfe  # a Python int, known at trace time
+    return res.x
+
+
+# One compilation per solver class (a stochastic one compiles its random-number generator, about
+# 2 s); DDIM(1) reuses DDIM(0)'s. Both processes and four kinds are covered across the cases.
+JIT_CASES = [
+    ("euler", "linear", "eps"),
+    ("heun", "cosine", "velocity"),
+    ("ddim0", "cosine", "v"),
+    ("ddim1", "cosine", "v"),
+    ("em", "linear", "velocity"),
+]
+
+
+@pytest.mark.parametrize("solver_name,name,kind", JIT_CASES)
+def test_jit_matches_no_jit(solver_name, name, kind):
+    solver, proc = SOLVERS[solver_name], PROCESSES[name]
+    _TRACE_LOG.clear()
+    _NFE.clear()
+    x = _jit_sample(solver, proc, KEYS[0], X1, name, kind)
+    if _TRACE_LOG:  # traced now (DDIM(1) reuses DDIM(0)'s compilation: eta is data)
+        # Traced once: one abstract shape check, then the scan body once (not once per step),
+        # and the reported nfe is the per-step count times the steps, not doubled.
+        assert _TRACE_LOG == ["traced"] * (1 + NFE_PER_STEP[solver_name]), _TRACE_LOG
+        assert _NFE["nfe"] == NFE_PER_STEP[solver_name] * CONTRACT_STEPS
+    else:
+        assert solver_name == "ddim1"
+    ref = nojit_run(solver_name, name, kind)
+    np.testing.assert_allclose(x, ref["x"], rtol=1e-9, atol=1e-12)
+    x_again = _jit_sample(solver, proc, KEYS[0], X1, name, kind)
+    np.testing.assert_array_equal(x, x_again)
+    x_other = _jit_sample(solver, proc, KEYS[1], X1, name, kind)
+    assert (np.max(np.abs(x_other - x)) > 1e-2) == STOCHASTIC[solver_name]
+
+
+def test_solvers_are_distinct_pytrees():
+    """Different solver classes must not share a tree structure, or a jitted function taking a
+    solver argument may reuse the compilation of another solver (DDIM's eta is data)."""
+    structs = {n: jax.tree_util.tree_structure(s) for n, s in SOLVERS.items()}
+    assert structs["ddim0"] == structs["ddim1"]
+    names = ["euler", "heun", "ddim0", "em"]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert structs[a] != structs[b], (a, b)
+    assert jax.tree_util.tree_leaves(SOLVERS["ddim1"]) == [1.0]
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+def test_denoise_final(solver_name):
+    """denoise_final returns the model's x0_hat at t_end, for one more evaluation."""
+    name, kind = "cosine", "v"
+    counter = []
+    with jax.disable_jit():
+        res = sample(gaussian_model(name, kind, counter=counter), PROCESSES[name],
+                     SOLVERS[solver_name], key=KEYS[0], x_init=X1, prediction=kind,
+                     num_steps=CONTRACT_STEPS, denoise_final=True)
+    assert res.nfe == NFE_PER_STEP[solver_name] * CONTRACT_STEPS + 1
+    assert counter.count("run") == res.nfe
+    x_end = nojit_run(solver_name, name, kind)["x"]  # same key, without the final denoising
+    alpha, sigma, *_ = coefs(name, 1e-3, np)
+    x0_hat = M + alpha * VAR * (x_end - alpha * M) / (alpha**2 * VAR + sigma**2)
+    np.testing.assert_allclose(res.x, x0_hat, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- errors
+class SpySolver(AbstractSolver):
+    """Euler that records whether it was ever asked to step (traced or not)."""
+
+    order = 1
+    stochastic = False
+
+    def __init__(self):
+        self.steps = 0
+
+    def step(self, denoise, state, x, t_cur, t_next, *, key):
+        self.steps += 1
+        return Euler().step(denoise, state, x, t_cur, t_next, key=key), state
+
+
+def _bad_shape_model(x, t, cond=None):
+    return x[:, :1]
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,words",
+    [
+        (dict(t_start=0.5, t_end=0.5), ValueError, ["t_end", "t_start"]),
+        (dict(t_start=0.5, t_end=0.7), ValueError, ["t_end", "t_start"]),
+        (dict(num_steps=0), ValueError, ["num_steps"]),
+        (dict(num_steps=None), ValueError, ["num_steps"]),
+        (dict(num_steps=2.5), TypeError, ["num_steps"]),
+        (dict(ts=np.array([1.0, 0.5, 0.5, 0.1])), ValueError, ["decrease"]),
+        (dict(ts=np.array([0.1, 0.5, 1.0])), ValueError, ["decrease"]),
+        (dict(ts=np.array([1.0])), ValueError, ["ts"]),
+        (dict(x_init=None), ValueError, ["x_init", "shape"]),
+        (dict(model=_bad_shape_model), ValueError, ["shape", "(3, 2)"]),
+        (dict(solver="heun"), TypeError, ["solver"]),
+        (dict(solver=Heun), TypeError, ["solver"]),
+    ],
+)
+def test_errors_are_raised_before_compiling(kwargs, exc, words):
+    counter = []
+    spy = SpySolver()
+    args = dict(model=gaussian_model("linear", "eps", counter=counter), solver=spy,
+                x_init=X1, num_steps=4)
+    args.update(kwargs)
+    model, solver = args.pop("model"), args.pop("solver")
+    with pytest.raises(exc) as err:
+        sample(model, PROCESSES["linear"], solver, key=KEYS[0], prediction="eps", **args)
+    msg = str(err.value)
+    for w in words:
+        assert w in msg, msg
+    assert spy.steps == 0  # the scan body was never traced
+    assert counter.count("run") == 0  # and the model never evaluated
+
+
+# --------------------------------------------------------------------------- time grids
+GRIDS = {"uniform": uniform, "quadratic": quadratic, "log_snr": log_snr_uniform, "karras": karras}
+N_GRID = 12
+
+
+@partial(jax.jit, static_argnames="n")
+def _all_grids(proc, t_start, t_end, n):  # one compilation per process class
+    return {g: fn(proc, t_start, t_end, n) for g, fn in GRIDS.items()}
+
+
+@pytest.mark.parametrize("t_start,t_end", [(1.0, 1e-3), (0.8, 0.02)])
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_time_grids(name, t_start, t_end):
+    grids = _all_grids(PROCESSES[name], t_start, t_end, N_GRID)
+    for g, ts in grids.items():
+        ts = np.asarray(ts)
+        assert ts.shape == (N_GRID + 1,) and ts.dtype == np.float64, g
+        assert ts[0] == t_start and ts[-1] == t_end, (g, ts[0], ts[-1])  # exact end points
+        assert np.all(np.diff(ts) < 0), g
+        # each grid is equally spaced in its own variable (closed-form lambda for the last two)
+        var = {
+            "uniform": ts,
+            "quadratic": np.sqrt(ts),
+            "log_snr": log_snr(name, ts),
+            "karras": np.exp(-log_snr(name, ts)) ** (1 / 7),
+        }[g]
+        step = (var[-1] - var[0]) / N_GRID
+        np.testing.assert_allclose(np.diff(var), np.full(N_GRID, step), rtol=1e-8, err_msg=g)
+
