@@ -1,6 +1,6 @@
 """The embedded default: VP diffusion (linear beta 0.1..20) on the 2-D checkerboard.
 
-``make demo`` runs it: 6000 steps of a residual MLP (about two minutes on 2 CPU cores), then 100 Heun
+``make demo`` runs it: 10,000 steps of a residual MLP (about two minutes on 2 CPU cores), then 100 Heun
 steps of the probability-flow ODE. Override anything with ``--set``, e.g.
 ``genflow train --config configs/toy_checkerboard_vp.py --set train.num_steps=2000``.
 """
@@ -15,7 +15,7 @@ def get_config() -> Config:
         data=DataConfig(name="checkerboard", batch_size=512, seed=0),
         model=ModelConfig(name="mlp", hidden=128, depth=3, embedding="fourier", embed_dim=64),
         train=TrainConfig(
-            num_steps=6000,
+            num_steps=10_000,
             lr=2e-3,
             warmup_steps=200,
             lr_decay="cosine",
