@@ -27,7 +27,7 @@ VARIANTS = [
     [],
     ["data.batch_size=256"],
     ["data.batch_size=2048"],
-    ["model.hidden=128"],
+    ["model.hidden=256"],
     ["model.hidden=512"],
 ]
 
