@@ -70,10 +70,12 @@ def _run_train(args) -> int:
     print(f"training {type(config.process).__name__} on {config.data.name} in {workdir}")
     try:
         train(config, workdir, fresh=args.fresh, progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        saved = f"saved a checkpoint at step {exc.step}" if hasattr(exc, "step") else (
+            "the last finished checkpoint is intact"
+        )
         print(
-            f"\ninterrupted; the last finished checkpoint in {workdir}/checkpoints is intact. "
-            f"Run the same command again to resume.",
+            f"interrupted; {saved} in {workdir / 'checkpoints'}. Run the same command to resume.",
             file=sys.stderr,
         )
         return 130

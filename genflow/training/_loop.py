@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +35,48 @@ from genflow.training.checkpoint import Checkpointer
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint at ``step``."""
+
+    def __init__(self, step: int, workdir: Path):
+        super().__init__(f"training stopped at step {step}; checkpoint saved in {workdir}")
+        self.step = step
+        self.workdir = workdir
+
+
+class _StopRequest:
+    """Turns the first SIGINT (Ctrl-C) or SIGTERM into a request to stop after the running chunk.
+
+    The loop then saves a checkpoint at the current step and returns cleanly, instead of being
+    torn down in the middle of a checkpoint write. A second signal is handled as usual (an
+    immediate KeyboardInterrupt); checkpoints already written stay intact either way, because
+    each is written to a temporary directory and renamed into place when complete.
+    """
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.uninstall()  # a second signal interrupts at once
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after the current chunk and saving a "
+            "checkpoint (send it again to stop at once)",
+            file=sys.stderr, flush=True,
+        )
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def data_shape_of(config: Config) -> tuple[int, ...]:
@@ -156,6 +201,7 @@ def train(
         dynamic_ncols=True, mininterval=0.5,
     )
     last_time, last_step = time.perf_counter(), step
+    stop = _StopRequest()
     try:
         with open(workdir / METRICS_FILE, "a") as log:
             while step < tc.num_steps:
@@ -187,12 +233,17 @@ def train(
                     bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_sec']:.0f}")
                     if on_chunk is not None:
                         on_chunk(step, record)
-                if crossed(tc.checkpoint_every):
+                if crossed(tc.checkpoint_every) or stop.requested:
                     ckpt.save(step, state)
+                if stop.requested:
+                    break
     finally:
         bar.close()
         ckpt.wait()
         ckpt.close()
+        stop.uninstall()
+    if stop.requested:
+        raise TrainingInterrupted(step, workdir)
     return setup, state
 
 

@@ -202,3 +202,36 @@ def test_resume_refuses_a_different_model(capsys, trained_run):
         *sets(*TINY, "model.hidden=64", "train.num_steps=300"),
     )
     assert_usage_error(proc, "model.hidden", "--fresh")
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_resumes(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: exit 130 with a one-line hint, and the run resumes."""
+    workdir = tmp_path / "interrupted"
+    args = ["train", "--config", str(DEFAULT_CONFIG), "--workdir", str(workdir), "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genflow", *args,
+         *sets(*TINY, "train.num_steps=100000", "train.checkpoint_every=20")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    ckpt_dir = workdir / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    ):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "resume" in err and "Traceback" not in err
+
+    from genflow.training import Checkpointer
+
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    latest = ckpt.latest_step()
+    ckpt.close()
+    # The stop request is honoured at the end of the running chunk, with a checkpoint there.
+    assert f"saved a checkpoint at step {latest} " in err and latest % 10 == 0
+    done = genflow(*args, *sets(*TINY, f"train.num_steps={latest + 20}", "train.checkpoint_every=20"))
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from step {latest}" in done.stdout
