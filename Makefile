@@ -24,7 +24,7 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 bench: venv
-	$(BIN)/python scripts/bench_samplers.py
+	$(BIN)/python scripts/bench_train.py
 
 clean:
 	rm -rf runs .pytest_cache

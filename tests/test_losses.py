@@ -22,6 +22,7 @@ import pytest
 from genflow.losses import LikelihoodWeighting, Uniform, denoising_loss
 from genflow.prediction import Prediction
 from genflow.processes import VPCosine, VPLinear
+from vp_closed_forms import coefs
 
 KINDS = [k.value for k in Prediction]
 PROCESSES = {"linear": VPLinear(), "cosine": VPCosine()}
@@ -33,25 +34,6 @@ X0 = M + np.sqrt(VAR) * np.random.default_rng(0).normal(size=(B, D))
 
 
 # --------------------------------------------------------------------------- closed forms
-def coefs(name, t, xp=np):
-    """alpha, sigma, alpha', sigma', g^2 of the VP paths, derived by hand."""
-    if name == "linear":  # beta(t) = 0.1 + 19.9 t
-        beta = 0.1 + 19.9 * t
-        alpha = xp.exp(-(t**2) * 19.9 / 4 - t * 0.05)
-        d_alpha = -0.5 * beta * alpha
-        g2 = beta
-    else:
-        s, t_max = 0.008, 0.9946
-        phase = math.pi / 2 * (t * t_max + s) / (1 + s)
-        d_phase = math.pi / 2 * t_max / (1 + s)
-        alpha = xp.cos(phase) / math.cos(math.pi / 2 * s / (1 + s))
-        d_alpha = -xp.tan(phase) * d_phase * alpha
-        g2 = 2 * xp.tan(phase) * d_phase  # VP: g^2 = -2 alpha'/alpha
-    sigma = xp.sqrt(1 - alpha**2)
-    d_sigma = -alpha * d_alpha / sigma
-    return alpha, sigma, d_alpha, d_sigma, g2
-
-
 def target_coefs(kind, alpha, sigma, d_alpha, d_sigma):
     """(a, b) with prediction = a x0 + b eps."""
     return {

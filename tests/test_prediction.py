@@ -6,7 +6,6 @@ With ``x_t = alpha x0 + sigma eps``: EPS predicts eps, X0 predicts x0, V predict
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -24,35 +23,23 @@ from genflow.prediction import (
     to_x0_eps,
 )
 from genflow.processes import VPCosine, VPLinear
+from vp_closed_forms import coefs
 
 KINDS = [k.value for k in Prediction]
 PROCESSES = {"linear": VPLinear(), "cosine": VPCosine()}
 
 
 def closed_alpha(name, t, xp=np):
-    if name == "linear":  # beta 0.1 .. 20
-        return xp.exp(-(t**2) * 19.9 / 4 - t * 0.1 / 2)
-    s, t_max = 0.008, 0.9946
-    return xp.cos(math.pi / 2 * (t * t_max + s) / (1 + s)) / math.cos(math.pi / 2 * s / (1 + s))
+    return coefs(name, t, xp)[0]
 
 
 def closed_sigma(name, t, xp=np):
-    return xp.sqrt(1 - closed_alpha(name, t, xp) ** 2)
+    return coefs(name, t, xp)[1]
 
 
 def closed_coefs(name, t):
     """alpha, sigma, alpha', sigma' with hand-derived derivatives."""
-    t = np.asarray(t, np.float64)
-    alpha, sigma = closed_alpha(name, t), closed_sigma(name, t)
-    if name == "linear":
-        d_alpha = -0.5 * (0.1 + 19.9 * t) * alpha
-    else:
-        s, t_max = 0.008, 0.9946
-        phase = math.pi / 2 * (t * t_max + s) / (1 + s)
-        d_phase = math.pi / 2 * t_max / (1 + s)
-        d_alpha = -np.sin(phase) * d_phase / math.cos(math.pi / 2 * s / (1 + s))
-    d_sigma = -alpha * d_alpha / sigma  # from alpha^2 + sigma^2 = 1
-    return alpha, sigma, d_alpha, d_sigma
+    return coefs(name, np.asarray(t, np.float64))[:4]
 
 
 def closed_prediction(kind, x0, eps, coefs):

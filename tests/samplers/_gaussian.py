@@ -14,11 +14,11 @@ import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from genflow.processes import VPCosine, VPLinear
 from genflow.samplers import DDIM, Euler, EulerMaruyama, Heun, sample
+from vp_closed_forms import coefs
 
 PROCESSES = {"linear": VPLinear(), "cosine": VPCosine()}
 KINDS = ["eps", "x0", "v", "velocity", "score"]
@@ -36,23 +36,6 @@ NFE_PER_STEP = {"euler": 1, "heun": 2, "ddim0": 1, "ddim1": 1, "em": 1}
 M = np.array([0.8, -0.5])
 VAR = np.array([0.2, 2.5])
 X1 = np.array([[-1.2, 0.4], [0.3, 1.7], [2.0, -0.9]])  # starting points at t = 1
-
-
-def coefs(name, t, xp=jnp):
-    """alpha, sigma, alpha', sigma', g^2 of the VP paths, derived by hand."""
-    if name == "linear":  # beta(t) = 0.1 + 19.9 t
-        beta = 0.1 + 19.9 * t
-        alpha = xp.exp(-(t**2) * 19.9 / 4 - t * 0.05)
-        d_alpha, g2 = -0.5 * beta * alpha, beta
-    else:
-        s, t_max = 0.008, 0.9946
-        phase = math.pi / 2 * (t * t_max + s) / (1 + s)
-        d_phase = math.pi / 2 * t_max / (1 + s)
-        alpha = xp.cos(phase) / math.cos(math.pi / 2 * s / (1 + s))
-        d_alpha = -xp.tan(phase) * d_phase * alpha
-        g2 = 2 * xp.tan(phase) * d_phase  # VP: g^2 = -2 alpha'/alpha
-    sigma = xp.sqrt(1 - alpha**2)
-    return alpha, sigma, d_alpha, -alpha * d_alpha / sigma, g2
 
 
 def log_snr(name, t):
