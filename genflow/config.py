@@ -14,11 +14,13 @@ reads it back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,19 @@ PROCESSES: dict[str, type] = {
     "vp_linear": processes.VPLinear,
     "vp_cosine": processes.VPCosine,
 }
-SOLVERS: dict[str, type] = {
+SOLVERS: dict[str, Callable[[], samplers.AbstractSolver]] = {
     "euler": samplers.Euler,
     "heun": samplers.Heun,
     "ddim": samplers.DDIM,
     "euler_maruyama": samplers.EulerMaruyama,
+    "dpm_solver_2m": functools.partial(samplers.DPMSolverMultistep, order=2, algorithm="dpmsolver"),
+    "dpm_solver_3m": functools.partial(samplers.DPMSolverMultistep, order=3, algorithm="dpmsolver"),
+    "dpm_solver++_2m": functools.partial(
+        samplers.DPMSolverMultistep, order=2, algorithm="dpmsolver++"
+    ),
+    "dpm_solver++_3m": functools.partial(
+        samplers.DPMSolverMultistep, order=3, algorithm="dpmsolver++"
+    ),
 }
 GRIDS = {
     "uniform": samplers.uniform,

@@ -18,6 +18,7 @@ from genflow.samplers._base import (
     SampleResult as SampleResult,
 )
 from genflow.samplers._ddim import DDIM as DDIM
+from genflow.samplers._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from genflow.samplers._grids import (
     karras as karras,
     log_snr_uniform as log_snr_uniform,
@@ -31,6 +32,7 @@ from genflow.samplers._sde import EulerMaruyama as EulerMaruyama
 __all__ = [
     "AbstractSolver",
     "DDIM",
+    "DPMSolverMultistep",
     "Denoiser",
     "Euler",
     "EulerMaruyama",
