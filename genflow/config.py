@@ -44,6 +44,9 @@ SOLVERS: dict[str, Callable[[], samplers.AbstractSolver]] = {
     "heun": samplers.Heun,
     "ddim": samplers.DDIM,
     "euler_maruyama": samplers.EulerMaruyama,
+    # Reverse-diffusion predictor + one Langevin corrector step (snr 0.16), as in score_sde.
+    "pc": samplers.PredictorCorrector,
+    "edm_heun": samplers.EDMHeun,
     "dpm_solver_2m": functools.partial(samplers.DPMSolverMultistep, order=2, algorithm="dpmsolver"),
     "dpm_solver_3m": functools.partial(samplers.DPMSolverMultistep, order=3, algorithm="dpmsolver"),
     "dpm_solver++_2m": functools.partial(

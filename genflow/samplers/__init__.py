@@ -19,26 +19,48 @@ from genflow.samplers._base import (
 )
 from genflow.samplers._ddim import DDIM as DDIM
 from genflow.samplers._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
+from genflow.samplers._edm import EDMHeun as EDMHeun
 from genflow.samplers._grids import (
     karras as karras,
     log_snr_uniform as log_snr_uniform,
     quadratic as quadratic,
     uniform as uniform,
 )
+from genflow.samplers._guidance import guided as guided
 from genflow.samplers._ode import Euler as Euler, Heun as Heun
+from genflow.samplers._pc import (
+    AncestralPredictor as AncestralPredictor,
+    AnnealedLangevinCorrector as AnnealedLangevinCorrector,
+    EulerMaruyamaPredictor as EulerMaruyamaPredictor,
+    LangevinCorrector as LangevinCorrector,
+    NoCorrector as NoCorrector,
+    NoPredictor as NoPredictor,
+    PredictorCorrector as PredictorCorrector,
+    ReverseDiffusionPredictor as ReverseDiffusionPredictor,
+)
 from genflow.samplers._sample import sample as sample
 from genflow.samplers._sde import EulerMaruyama as EulerMaruyama
 
 __all__ = [
     "AbstractSolver",
+    "AncestralPredictor",
+    "AnnealedLangevinCorrector",
     "DDIM",
     "DPMSolverMultistep",
     "Denoiser",
+    "EDMHeun",
     "Euler",
     "EulerMaruyama",
+    "EulerMaruyamaPredictor",
     "Heun",
+    "LangevinCorrector",
     "ModelFn",
+    "NoCorrector",
+    "NoPredictor",
+    "PredictorCorrector",
+    "ReverseDiffusionPredictor",
     "SampleResult",
+    "guided",
     "karras",
     "log_snr_uniform",
     "quadratic",

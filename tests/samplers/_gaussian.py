@@ -17,7 +17,16 @@ import jax
 import numpy as np
 
 from genflow.processes import VPCosine, VPLinear
-from genflow.samplers import DDIM, Euler, EulerMaruyama, Heun, sample
+from genflow.samplers import (
+    DDIM,
+    DPMSolverMultistep,
+    EDMHeun,
+    Euler,
+    EulerMaruyama,
+    Heun,
+    PredictorCorrector,
+    sample,
+)
 from vp_closed_forms import coefs
 
 PROCESSES = {"linear": VPLinear(), "cosine": VPCosine()}
@@ -28,9 +37,17 @@ SOLVERS = {
     "ddim0": DDIM(eta=0.0),
     "ddim1": DDIM(eta=1.0),
     "em": EulerMaruyama(),
+    "dpm++3m": DPMSolverMultistep(order=3, algorithm="dpmsolver++"),
+    "pc": PredictorCorrector(),
+    "edm_churn": EDMHeun(s_churn=10.0),
 }
-STOCHASTIC = {"euler": False, "heun": False, "ddim0": False, "ddim1": True, "em": True}
-NFE_PER_STEP = {"euler": 1, "heun": 2, "ddim0": 1, "ddim1": 1, "em": 1}
+STOCHASTIC = {
+    "euler": False, "heun": False, "ddim0": False, "ddim1": True, "em": True,
+    "dpm++3m": False, "pc": True, "edm_churn": True,
+}
+NFE_PER_STEP = {
+    "euler": 1, "heun": 2, "ddim0": 1, "ddim1": 1, "em": 1, "dpm++3m": 1, "pc": 2, "edm_churn": 2,
+}
 
 # 2-D Gaussian data, different mean and variance per dimension (v != 1: not a fixed point of VP).
 M = np.array([0.8, -0.5])
