@@ -37,7 +37,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sa = sub.add_parser("sample", help="draw samples from a trained run")
     sa.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
-    sa.add_argument("--sampler", default=None, help="solver name, e.g. heun, euler_maruyama, pc, dpm_solver++_2m (default: the config's)")
+    sa.add_argument(
+        "--sampler", default=None,
+        help="solver name, e.g. heun, euler_maruyama, pc, dpm_solver++_2m (default: the config's)",
+    )
     sa.add_argument("--steps", type=int, default=None, help="number of solver steps")
     sa.add_argument("--grid", default=None, help="time grid: uniform, log_snr, quadratic, karras")
     sa.add_argument("--num", type=int, default=None, help="number of samples")
