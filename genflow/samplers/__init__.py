@@ -11,6 +11,7 @@ Importing this package needs JAX only. Example::
     result.x, result.nfe
 """
 
+from genflow.samplers._adaptive import sample_adaptive as sample_adaptive
 from genflow.samplers._base import (
     AbstractSolver as AbstractSolver,
     Denoiser as Denoiser,
@@ -65,5 +66,6 @@ __all__ = [
     "log_snr_uniform",
     "quadratic",
     "sample",
+    "sample_adaptive",
     "uniform",
 ]
