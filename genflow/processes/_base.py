@@ -26,8 +26,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 
-def pytree_dataclass(cls):
-    """Register a dataclass as a pytree whose fields are all leaves (its hyperparameters are data).
+def pytree_dataclass(cls=None, *, static: tuple[str, ...] = ()):
+    """Register a frozen dataclass as a pytree: its fields are leaves, except those in ``static``.
+
+    Leaves are data (hyperparameters that can change without a recompile); ``static`` fields
+    belong to the tree structure (values that shape the computation, such as a solver's order
+    or a loop count, and strings). Use as ``@pytree_dataclass`` or
+    ``@pytree_dataclass(static=("order",))``.
 
     Used instead of ``jax.tree_util.register_dataclass``: with that, two different classes with
     the same number of fields (``VPLinear`` and ``VPCosine``, or ``Euler`` and ``Heun``) get
@@ -36,17 +41,26 @@ def pytree_dataclass(cls):
     node compares its class. Unflattening bypasses ``__init__`` (validation is for user input;
     JAX unflattens with tracers and placeholders).
     """
+    if cls is None:
+        return lambda c: pytree_dataclass(c, static=static)
     names = tuple(f.name for f in dataclasses.fields(cls))
+    unknown = set(static) - set(names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)} to make static.")
+    dynamic = tuple(n for n in names if n not in static)
 
     def flatten_with_keys(obj):
-        return [(jax.tree_util.GetAttrKey(n), getattr(obj, n)) for n in names], None
+        children = [(jax.tree_util.GetAttrKey(n), getattr(obj, n)) for n in dynamic]
+        return children, tuple(getattr(obj, n) for n in static)
 
     def flatten(obj):
-        return [getattr(obj, n) for n in names], None
+        return [getattr(obj, n) for n in dynamic], tuple(getattr(obj, n) for n in static)
 
-    def unflatten(_, children):
+    def unflatten(aux, children):
         obj = object.__new__(cls)
-        for n, v in zip(names, children):
+        for n, v in zip(dynamic, children):
+            object.__setattr__(obj, n, v)
+        for n, v in zip(static, aux):
             object.__setattr__(obj, n, v)
         return obj
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from genflow.processes._base import broadcast_to_data
+from genflow.processes._base import broadcast_to_data, pytree_dataclass
 from genflow.samplers._base import AbstractSolver
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++")
@@ -36,30 +35,9 @@ class MultistepState(NamedTuple):
     lams: Array
 
 
-def _static_dataclass(cls):
-    """Register a frozen dataclass as a pytree with no leaves: its fields are static metadata.
-
-    The order, the algorithm name and ``lower_order_final`` decide the shape of the state and
-    the structure of the step, and the algorithm is a string (not a JAX type), so they cannot
-    be leaves. As with ``pytree_dataclass``, the node compares its class and its field values,
-    so two configurations never share a compilation.
-    """
-    names = tuple(f.name for f in dataclasses.fields(cls))
-
-    def flatten(obj):
-        return (), tuple(getattr(obj, n) for n in names)
-
-    def unflatten(aux, _):
-        obj = object.__new__(cls)
-        for n, v in zip(names, aux):
-            object.__setattr__(obj, n, v)
-        return obj
-
-    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
-    return cls
-
-
-@_static_dataclass
+# The order, the algorithm name and lower_order_final decide the state's shape and the step's
+# structure (and the algorithm is a string): all three are static.
+@pytree_dataclass(static=("order", "algorithm", "lower_order_final"))
 @dataclasses.dataclass(frozen=True)
 class DPMSolverMultistep(AbstractSolver):
     r"""Multistep DPM-Solver (noise form) and DPM-Solver++ (data form), orders 1 to 3.

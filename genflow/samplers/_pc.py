@@ -241,34 +241,9 @@ class NoCorrector:
 
 
 # --------------------------------------------------------------------------- the solver
-def _register_with_static(cls, static: tuple[str, ...]):
-    """Pytree registration where the fields in ``static`` are part of the tree structure.
-
-    ``corrector_steps`` is a loop count: it must stay a Python int under ``jit`` so that the step
-    unrolls to a fixed number of model calls (which is how ``sample()`` counts NFE).
-    """
-    names = tuple(f.name for f in dataclasses.fields(cls))
-    dynamic = tuple(n for n in names if n not in static)
-
-    def flatten_with_keys(obj):
-        children = [(jax.tree_util.GetAttrKey(n), getattr(obj, n)) for n in dynamic]
-        return children, tuple(getattr(obj, n) for n in static)
-
-    def flatten(obj):
-        return [getattr(obj, n) for n in dynamic], tuple(getattr(obj, n) for n in static)
-
-    def unflatten(aux, children):
-        obj = object.__new__(cls)
-        for n, v in zip(dynamic, children):
-            object.__setattr__(obj, n, v)
-        for n, v in zip(static, aux):
-            object.__setattr__(obj, n, v)
-        return obj
-
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-    return cls
-
-
+# corrector_steps is a loop count: it stays a Python int under jit, so that the step makes a
+# fixed number of model calls (which is how sample() counts NFE).
+@pytree_dataclass(static=("corrector_steps",))
 @dataclasses.dataclass(frozen=True)
 class PredictorCorrector(AbstractSolver):
     """Predictor–corrector sampler (Song et al. 2021, Algorithms 2 and 3).
@@ -333,7 +308,6 @@ class PredictorCorrector(AbstractSolver):
         return self.predictor.predict(denoise, x, t_cur, t_next, key), state
 
 
-_register_with_static(PredictorCorrector, ("corrector_steps",))
 
 __all__ = [
     "AncestralPredictor",
