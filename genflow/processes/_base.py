@@ -169,7 +169,8 @@ class AbstractGaussianPath(AbstractForwardSDE):
         This is the marginal standard deviation at ``t = 1`` for data of unit
         variance (1 for VP and rectified flow, about ``sigma_max`` for VE).
         """
-        alpha, sigma = self.marginal(1.0)
+        # In the widest enabled float (a Python 1.0 would be computed in float32).
+        alpha, sigma = self.marginal(jnp.asarray(1.0, jnp.result_type(float)))
         return jnp.sqrt(alpha**2 + sigma**2)
 
     def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=jnp.float32) -> Array:

@@ -335,3 +335,12 @@ def test_different_processes_have_different_tree_structures():
 def test_invalid_hyperparameters_raise(make):
     with pytest.raises(ValueError, match="VP(Linear|Cosine) needs"):
         make()
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_prior_log_prob_is_the_standard_normal_density(name):
+    # VP: alpha_1^2 + sigma_1^2 = 1, so the prior is N(0, I); log-density summed over (2, 3).
+    x = np.random.default_rng(0).normal(size=(4, 2, 3))
+    expected = -0.5 * np.sum(x**2, axis=(1, 2)) - 6 * 0.5 * np.log(2 * np.pi)
+    got = np.asarray({"linear": VPLinear(), "cosine": VPCosine()}[name].prior_log_prob(jnp.asarray(x)))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
