@@ -15,10 +15,12 @@ from genflow.samplers._adaptive import sample_adaptive as sample_adaptive
 from genflow.samplers._base import (
     AbstractSolver as AbstractSolver,
     Denoiser as Denoiser,
+    DynamicThresholding as DynamicThresholding,
     ModelFn as ModelFn,
     SampleResult as SampleResult,
 )
 from genflow.samplers._ddim import DDIM as DDIM
+from genflow.samplers._dpm_singlestep import DPMSolverSinglestep as DPMSolverSinglestep
 from genflow.samplers._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from genflow.samplers._edm import EDMHeun as EDMHeun
 from genflow.samplers._grids import (
@@ -39,7 +41,7 @@ from genflow.samplers._pc import (
     PredictorCorrector as PredictorCorrector,
     ReverseDiffusionPredictor as ReverseDiffusionPredictor,
 )
-from genflow.samplers._sample import sample as sample
+from genflow.samplers._sample import invert as invert, sample as sample
 from genflow.samplers._sde import EulerMaruyama as EulerMaruyama
 
 __all__ = [
@@ -48,7 +50,9 @@ __all__ = [
     "AnnealedLangevinCorrector",
     "DDIM",
     "DPMSolverMultistep",
+    "DPMSolverSinglestep",
     "Denoiser",
+    "DynamicThresholding",
     "EDMHeun",
     "Euler",
     "EulerMaruyama",
@@ -62,6 +66,7 @@ __all__ = [
     "ReverseDiffusionPredictor",
     "SampleResult",
     "guided",
+    "invert",
     "karras",
     "log_snr_uniform",
     "quadratic",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from genflow.prediction import Prediction, to_x0_eps
-from genflow.processes._base import AbstractGaussianPath, broadcast_to_data
+from genflow.processes._base import AbstractGaussianPath, broadcast_to_data, pytree_dataclass
 
 ModelFn = Callable[..., Array]
 """``model_fn(x, t, cond=None) -> array like x`` with ``x: (b, *data_shape)`` and ``t: (b,)``."""
@@ -24,6 +25,9 @@ class Denoiser:
     (probability-flow velocity and score) and counts the network evaluations traced through
     it, which is how :func:`genflow.samplers.sample` reports an exact NFE.
 
+    With ``thresholding`` (e.g. :class:`DynamicThresholding`), ``x0_hat`` is corrected
+    and ``eps_hat`` recomputed from it, so every solver sees the corrected pair.
+
     Attributes:
       process: the Gaussian path of the model.
       calls: network evaluations traced since the last :meth:`reset_calls`.
@@ -35,11 +39,13 @@ class Denoiser:
         process: AbstractGaussianPath,
         prediction: Prediction | str,
         cond: Any = None,
+        thresholding: Callable[[Array], Array] | None = None,
     ):
         self.model_fn = model_fn
         self.process = process
         self.prediction = Prediction.parse(prediction)
         self.cond = cond
+        self.thresholding = thresholding
         self.calls = 0
 
     def reset_calls(self) -> None:
@@ -54,7 +60,15 @@ class Denoiser:
     def __call__(self, x: Array, t: ArrayLike) -> tuple[Array, Array]:
         pred = self.raw(x, t)
         # Conversion coefficients stay in the grid's precision even for low-precision x.
-        return to_x0_eps(self.process, self.prediction, pred, x, t)
+        x0, eps = to_x0_eps(self.process, self.prediction, pred, x, t)
+        if self.thresholding is not None:
+            # Correct x0_hat and keep the pair consistent: x = alpha x0 + sigma eps.
+            x0 = self.thresholding(x0).astype(x0.dtype)
+            alpha, sigma = self.process.marginal(t)
+            eps = ((x - broadcast_to_data(alpha, x) * x0) / broadcast_to_data(sigma, x)).astype(
+                x.dtype
+            )
+        return x0, eps
 
     def velocity(self, x: Array, t: ArrayLike) -> Array:
         """Probability-flow ODE drift ``dx/dt = alpha'_t x0_hat + sigma'_t eps_hat``.
@@ -72,6 +86,39 @@ class Denoiser:
         return -eps / broadcast_to_data(sigma, x)
 
 
+@pytree_dataclass
+@dataclasses.dataclass(frozen=True)
+class DynamicThresholding:
+    """Dynamic thresholding of ``x0_hat`` (Saharia et al. 2022, "Imagen").
+
+    Per sample, ``s`` is the ``ratio``-quantile of ``|x0_hat|`` over all its entries,
+    raised to at least ``max_value``; ``x0_hat`` is clipped to ``[-s, s]`` and rescaled by
+    ``max_value / s``. Values already within ``[-max_value, max_value]`` are unchanged.
+
+    Attributes:
+      ratio: the quantile on a 0..1 scale (0.995 means the 99.5th percentile).
+      max_value: the data range's bound (1 for data scaled to ``[-1, 1]``).
+    """
+
+    ratio: float = 0.995
+    max_value: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.ratio, (int, float)) and not 0.0 < self.ratio <= 1.0:
+            hint = f" (did you mean {self.ratio / 100}?)" if 1.0 < self.ratio <= 100.0 else ""
+            raise ValueError(
+                f"ratio is a quantile on a 0..1 scale, got {self.ratio}{hint}."
+            )
+        if isinstance(self.max_value, (int, float)) and not self.max_value > 0:
+            raise ValueError(f"max_value must be positive, got {self.max_value}.")
+
+    def __call__(self, x0: Array) -> Array:
+        flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.result_type(x0, jnp.float32))
+        s = jnp.maximum(jnp.quantile(flat, self.ratio, axis=1), self.max_value)
+        s = broadcast_to_data(s, x0)
+        return (jnp.clip(x0, -s, s) * (self.max_value / s)).astype(x0.dtype)
+
+
 class AbstractSolver(abc.ABC):
     """One step of a sampler from ``t_cur`` to ``t_next < t_cur``.
 
@@ -84,6 +131,23 @@ class AbstractSolver(abc.ABC):
     order: float
     stochastic: bool
     min_steps: int = 1
+
+    def make_grid(
+        self, grid: Callable[..., Array], process: AbstractGaussianPath,
+        t_start: float, t_end: float, num_steps: int,
+    ) -> Array:
+        """The grid :func:`genflow.samplers.sample` scans over, one :meth:`step` per interval.
+
+        ``grid(process, t_start, t_end, num_steps)`` for most solvers; a solver whose steps
+        take several model evaluations at intermediate times (singlestep DPM-Solver) returns
+        the grid of its evaluation times instead, so that one scan iteration is one
+        evaluation.
+        """
+        return grid(process, t_start, t_end, num_steps)
+
+    def prepare_grid(self, process: AbstractGaussianPath, ts: Array) -> Array:
+        """An explicit grid ``ts`` as :meth:`make_grid` would return it (here: unchanged)."""
+        return ts
 
     def init(self, x: Array, ts: Array) -> Any:
         """Solver state before the first step (``None`` for one-step methods)."""

@@ -1,4 +1,9 @@
-"""Multistep DPM-Solver and DPM-Solver++ (Lu et al. 2022, 2022b) for any Gaussian path."""
+"""DPM-Solver and DPM-Solver++ (Lu et al. 2022, 2022b) for any Gaussian path: the shared
+exponential-integrator coefficients and the multistep solver.
+
+The singlestep solver is in ``_dpm_singlestep.py`` and the adaptive-step one in
+``_dpm_adaptive.py``; both use :func:`exponential_coefficients`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,82 @@ import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, ArrayLike
 
-from genflow.processes._base import broadcast_to_data, pytree_dataclass
+from genflow.processes._base import AbstractGaussianPath, broadcast_to_data, pytree_dataclass
 from genflow.samplers._base import AbstractSolver
 
-_ALGORITHMS = ("dpmsolver", "dpmsolver++")
+ALGORITHMS = ("dpmsolver", "dpmsolver++")
+VARIANTS = ("midpoint", "taylor")
 
 # The reference applies ``lower_order_final`` only to grids shorter than this many steps.
 _LOWER_ORDER_FINAL_BELOW = 10
+
+
+class ExpCoefficients(NamedTuple):
+    r"""Coefficients of one exponential-integrator update from ``t_s`` to ``t``.
+
+    With ``h = lambda_t - lambda_s`` and the model output written as a polynomial in
+    ``tau = lambda - lambda_s``, ``D(tau) = D_0 + b tau + c tau^2``, the exact integral of the
+    polynomial gives ``x_t = lin x_s + a0 D_0 + a1 b + a2 c``, and DPM-Solver's
+    "midpoint" second-order variant uses ``a_mid`` in place of ``a1``:
+
+    * data form (``dpmsolver++``, ``D = x0_hat``): ``lin = sigma_t / sigma_s``,
+      ``psi_1 = expm1(-h)``, ``psi_2 = psi_1 + h``, ``psi_3 = psi_2 - h^2/2``,
+      ``a0 = -alpha_t psi_1``, ``a1 = alpha_t psi_2``, ``a2 = -2 alpha_t psi_3``;
+    * noise form (``dpmsolver``, ``D = eps_hat``): ``lin = alpha_t / alpha_s``,
+      ``psi_1 = expm1(h)``, ``psi_2 = psi_1 - h``, ``psi_3 = psi_2 - h^2/2``,
+      ``a0 = -sigma_t psi_1``, ``a1 = -sigma_t psi_2``, ``a2 = -2 sigma_t psi_3``;
+    * ``a_mid = a0 h / 2`` (both forms).
+
+    (``psi_j = h^j phi_j`` with the paper's ``phi`` functions; no coefficient divides by
+    ``h``.) A target with ``sigma_t = 0`` (``t = 0`` on a VP path, ``h = inf``) is taken as
+    its limit ``x_t = alpha_t x0_hat``: ``h`` is set to 0, which zeroes every correction.
+    """
+
+    lin: Array
+    a0: Array
+    a1: Array
+    a2: Array
+    a_mid: Array
+    h: Array
+
+
+def exponential_coefficients(
+    process: AbstractGaussianPath, data: bool, t_s: ArrayLike, t: ArrayLike
+) -> ExpCoefficients:
+    """The coefficients of :class:`ExpCoefficients` for a step from ``t_s`` to ``t``."""
+    alpha_s, sigma_s = process.marginal(t_s)
+    alpha_t, sigma_t = process.marginal(t)
+    has_noise = sigma_t > 0
+    h = jnp.where(has_noise, process.log_snr(t) - process.log_snr(t_s), 0.0)
+    if data:
+        lin, c = sigma_t / sigma_s, alpha_t
+        psi1 = jnp.expm1(-h)
+        psi2 = psi1 + h
+        a0, a1 = -c * psi1, c * psi2
+        a0 = jnp.where(has_noise, a0, alpha_t)
+    else:
+        lin, c = alpha_t / alpha_s, sigma_t
+        psi1 = jnp.expm1(h)
+        psi2 = psi1 - h
+        a0, a1 = -c * psi1, -c * psi2
+        a0 = jnp.where(has_noise, a0, -alpha_t * sigma_s / alpha_s)
+    a2 = -2.0 * c * (psi2 - 0.5 * h**2)
+    return ExpCoefficients(lin=lin, a0=a0, a1=a1, a2=a2, a_mid=0.5 * a0 * h, h=h)
+
+
+def check_options(name: str, order, algorithm, variant, orders=(1, 2, 3)) -> None:
+    """Clear errors for the options shared by the DPM-Solver classes (before any tracing)."""
+    if isinstance(order, bool) or not isinstance(order, int) or order not in orders:
+        raise ValueError(f"{name} supports order {', '.join(map(str, orders))}; got {order!r}.")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"algorithm must be 'dpmsolver++' (data prediction) or 'dpmsolver' (noise "
+            f"prediction), got {algorithm!r}."
+        )
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be 'midpoint' or 'taylor', got {variant!r}.")
 
 
 class MultistepState(NamedTuple):
@@ -35,9 +107,10 @@ class MultistepState(NamedTuple):
     lams: Array
 
 
-# The order, the algorithm name and lower_order_final decide the state's shape and the step's
-# structure (and the algorithm is a string): all three are static.
-@pytree_dataclass(static=("order", "algorithm", "lower_order_final"))
+# Every field shapes the state or the step's structure (or is a string): all are static.
+@pytree_dataclass(
+    static=("order", "algorithm", "variant", "lower_order_final", "reference_coefficients")
+)
 @dataclasses.dataclass(frozen=True)
 class DPMSolverMultistep(AbstractSolver):
     r"""Multistep DPM-Solver (noise form) and DPM-Solver++ (data form), orders 1 to 3.
@@ -63,25 +136,28 @@ class DPMSolverMultistep(AbstractSolver):
     ``lambda``). In Newton form, with ``tau = lambda - lambda_cur``,
     ``d1_0 = (D_0 - D_1) / h_0``, ``d1_1 = (D_1 - D_2) / h_1``,
     ``d2 = (d1_0 - d1_1) / (h_0 + h_1)``, the interpolant is
-    ``D_0 + (d1_0 + h_0 d2) tau + d2 tau^2``, and the integrals of ``1, tau, tau^2`` against
-    the exponential weight are ``psi_1, psi_2, 2 psi_3`` (``psi_j = h^j phi_j``)::
+    ``D_0 + (d1_0 + h_0 d2) tau + d2 tau^2``, and with the coefficients of
+    :class:`ExpCoefficients`::
 
-        data form:  psi_1 = expm1(-h), psi_2 = psi_1 + h, psi_3 = psi_2 - h^2 / 2
-          x_next = (sigma_next / sigma_cur) x - alpha_next psi_1 D_0
-                   [k = 2]  - alpha_next psi_1 h d1_0 / 2
-                   [k = 3]  + alpha_next psi_2 (d1_0 + h_0 d2) - 2 alpha_next psi_3 d2
-        noise form: psi_1 = expm1(h), psi_2 = psi_1 - h, psi_3 = psi_2 - h^2 / 2
-          x_next = (alpha_next / alpha_cur) x - sigma_next psi_1 D_0
-                   [k = 2]  - sigma_next psi_1 h d1_0 / 2
-                   [k = 3]  - sigma_next psi_2 (d1_0 + h_0 d2) - 2 sigma_next psi_3 d2
+        k = 1:  x_next = lin x + a0 D_0                         (DDIM with eta = 0)
+        k = 2:  x_next = lin x + a0 D_0 + a_mid d1_0            (variant "midpoint")
+                x_next = lin x + a0 D_0 + a1 d1_0               (variant "taylor")
+        k = 3:  x_next = lin x + a0 D_0 + a1 (d1_0 + h_0 d2) + a2 d2
 
-    Order 1 is DDIM with ``eta = 0`` in both forms; order 2 is the reference's default
-    ("midpoint") variant, DPM-Solver++(2M) of the paper in the data form; order 3 is the
-    Taylor form (see below for its coefficient).
+    Order 2 "midpoint" is the reference's default and the paper's DPM-Solver++(2M) in the
+    data form; "taylor" integrates the linear interpolant exactly. Order 3 has one form.
+
+    Third order: the reference (``dpm_solver_pytorch.py``, also diffusers) multiplies the
+    second divided difference by ``phi_3 = phi_2 / h - 1/2``, i.e. uses ``a2 / 2``, where the
+    exact integral of the quadratic term of the interpolant needs ``a2``; with the
+    reference's coefficient the method converges with order 2 only (measured in
+    ``tests/samplers/test_dpm_solver.py``). genflow uses the exact ``a2`` (order 3);
+    ``reference_coefficients=True`` selects the reference's to reproduce its numbers.
 
     No coefficient divides by ``h`` (only by the previous steps, guarded), so a zero-length
     step (``t_next = t_cur``) is the identity. A step to ``sigma_next = 0`` (``t_end = 0``,
-    ``h = inf``) is taken as its limit, ``x_next = alpha_next x0_hat``, in both forms.
+    ``h = inf``) is taken as its limit, ``x_next = alpha_next x0_hat``, in both forms. Steps
+    may also run towards noise (``t_next > t_cur``, :func:`genflow.samplers.invert`).
 
     Step ``i`` (0-based) of ``n`` uses order ``min(order, i + 1)`` (warm-up from the outputs
     available), and, when ``lower_order_final`` is set *and* ``n < 10`` (the reference's rule:
@@ -91,39 +167,30 @@ class DPMSolverMultistep(AbstractSolver):
     ``lax.cond``), and each step evaluates the model exactly once, at ``(x, t_cur)``; the
     output is kept in the state for the next steps. NFE = number of steps.
 
-    Third order: the reference (``dpm_solver_pytorch.py``, also diffusers) multiplies the
-    second divided difference by ``phi_3 = phi_2 / h - 1/2`` where the exact integral of the
-    quadratic term of the interpolant needs twice that; with its coefficient the method
-    converges with order 2 only (checked in ``tests/samplers/test_dpm_solver.py``). Here the
-    exact coefficient ``2 psi_3`` is used, which gives order 3.
-
     Attributes:
-      order: 1, 2 or 3.
+      order: 1, 2 or 3; at least ``order`` steps are needed.
       algorithm: ``"dpmsolver++"`` (data prediction, the recommended default, robust with
         guidance) or ``"dpmsolver"`` (noise prediction).
+      variant: ``"midpoint"`` (the reference's default) or ``"taylor"``, for order-2 steps.
       lower_order_final: lower the order of the last steps on short grids (``< 10`` steps).
+      reference_coefficients: use the reference implementation's third-order coefficient
+        (order 2 in practice) instead of the exact one.
     """
 
     order: int = 2
     algorithm: str = "dpmsolver++"
+    variant: str = "midpoint"
     lower_order_final: bool = True
+    reference_coefficients: bool = False
 
     stochastic = False
-    min_steps = 1
 
     def __post_init__(self):
-        if isinstance(self.order, (int,)) and not isinstance(self.order, bool):
-            if self.order not in (1, 2, 3):
-                raise ValueError(
-                    f"DPMSolverMultistep supports order 1, 2 or 3, got order={self.order}."
-                )
-        elif isinstance(self.order, (bool, float, str)):
-            raise ValueError(f"order must be the int 1, 2 or 3, got {self.order!r}.")
-        if isinstance(self.algorithm, str) and self.algorithm not in _ALGORITHMS:
-            raise ValueError(
-                f"algorithm must be 'dpmsolver++' (data prediction) or 'dpmsolver' (noise "
-                f"prediction), got {self.algorithm!r}."
-            )
+        check_options("DPMSolverMultistep", self.order, self.algorithm, self.variant)
+
+    @property
+    def min_steps(self) -> int:
+        return self.order
 
     @property
     def _data(self) -> bool:
@@ -143,56 +210,35 @@ class DPMSolverMultistep(AbstractSolver):
         )
 
     def step(self, denoise, state, x, t_cur, t_next, *, key):
-        process = denoise.process
         x0, eps = denoise(x, t_cur)
         d0 = x0 if self._data else eps
-
-        alpha_cur, sigma_cur = process.marginal(t_cur)
-        alpha_next, sigma_next = process.marginal(t_next)
-        lam_cur = process.log_snr(t_cur)
-        # A step to sigma_next = 0 (t_end = 0) has h = inf: it is taken as its limit, the
-        # first-order step x_next = alpha_next x0_hat (h = 0 below zeroes every correction).
-        has_noise = sigma_next > 0
-        h = jnp.where(has_noise, process.log_snr(t_next) - lam_cur, 0.0)
+        lam_cur = denoise.process.log_snr(t_cur)
+        co = exponential_coefficients(denoise.process, self._data, t_cur, t_next)
         i = state.index
         k = jnp.minimum(jnp.minimum(self.order, i + 1), state.stop - i)  # this step's order
 
         bc = lambda a: broadcast_to_data(a, x)  # noqa: E731
-        # psi_j = h^j phi_j: the integrals of tau^(j-1) / (j-1)! against the exponential weight.
-        if self._data:
-            lin, c = sigma_next / sigma_cur, alpha_next
-            psi1 = jnp.expm1(-h)
-            psi2 = psi1 + h
-            a0, a1 = -c * psi1, c * psi2
-            a0 = jnp.where(has_noise, a0, alpha_next)
-        else:
-            lin, c = alpha_next / alpha_cur, sigma_next
-            psi1 = jnp.expm1(h)
-            psi2 = psi1 - h
-            a0, a1 = -c * psi1, -c * psi2
-            a0 = jnp.where(has_noise, a0, -alpha_next * sigma_cur / alpha_cur)
-        psi3 = psi2 - 0.5 * h**2
-        a2 = -2.0 * c * psi3  # both forms (the reference has -c psi3: see the class docstring)
-        a_mid = 0.5 * a0 * h  # the order-2 midpoint variant, both forms
-        x_next = bc(lin) * x + bc(a0) * d0
+        x_next = bc(co.lin) * x + bc(co.a0) * d0
 
         if self.order >= 2:
-            use2 = k >= 2
             h0 = lam_cur - state.lams[0]
             # Guard the divisions: unused slots hold zeros, and a zero-length step (t_next =
             # t_cur, e.g. a padded grid) leaves h0 = 0 behind; its coefficients are all 0.
-            h0 = jnp.where(use2 & (h0 != 0), h0, jnp.ones_like(h0))
+            h0 = jnp.where((k >= 2) & (h0 != 0), h0, jnp.ones_like(h0))
             d1_0 = (d0 - state.outputs[0]) / bc(h0)
-            x_next = x_next + bc(jnp.where(k == 2, a_mid, 0.0)) * d1_0
+            c_order2 = co.a_mid if self.variant == "midpoint" else co.a1
+            x_next = x_next + bc(jnp.where(k == 2, c_order2, 0.0)) * d1_0
             if self.order >= 3:
                 use3 = k >= 3
                 h1 = state.lams[0] - state.lams[1]
                 h1 = jnp.where(use3 & (h1 != 0), h1, jnp.ones_like(h1))
                 d1_1 = (state.outputs[0] - state.outputs[1]) / bc(h1)
                 d2 = (d1_0 - d1_1) / bc(h0 + h1)
+                # The reference's coefficient of d2 is half the exact one (class docstring).
+                a2 = 0.5 * co.a2 if self.reference_coefficients else co.a2
                 # Interpolant D(lam_cur + tau) = D0 + (d1_0 + h0 d2) tau + d2 tau^2.
-                x_next = (x_next + bc(jnp.where(use3, a1, 0.0)) * d1_0
-                          + bc(jnp.where(use3, a1 * h0 + a2, 0.0)) * d2)
+                x_next = (x_next + bc(jnp.where(use3, co.a1, 0.0)) * d1_0
+                          + bc(jnp.where(use3, co.a1 * h0 + a2, 0.0)) * d2)
             outputs = jnp.concatenate([d0[None], state.outputs[:-1]], axis=0)
             lams = jnp.concatenate(
                 [jnp.asarray(lam_cur, state.lams.dtype)[None], state.lams[:-1]]

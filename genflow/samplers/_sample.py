@@ -1,4 +1,4 @@
-"""``sample()``: drive any solver over a time grid with ``lax.scan``."""
+"""``sample()`` and ``invert()``: drive any solver over a time grid with ``lax.scan``."""
 
 from __future__ import annotations
 
@@ -16,22 +16,6 @@ from genflow.samplers._base import AbstractSolver, Denoiser, ModelFn, SampleResu
 from genflow.samplers._grids import uniform
 
 
-def _check_grid(ts: Any, solver: AbstractSolver) -> None:
-    try:
-        concrete = np.asarray(ts)
-    except (TypeError, jax.errors.TracerArrayConversionError):
-        return  # a traced grid cannot be checked here; the caller owns it
-    if concrete.ndim != 1 or concrete.shape[0] < 2:
-        raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {concrete.shape}.")
-    if not np.all(np.diff(concrete) < 0):
-        raise ValueError(
-            "ts must decrease strictly from the noisy end to the data end "
-            f"(t_start > ... > t_end); got {concrete[:3]} ... {concrete[-2:]}."
-        )
-    if concrete[-1] < 0 or concrete[0] > 1:
-        raise ValueError(f"times must lie in [0, 1]; got t_start={concrete[0]}, t_end={concrete[-1]}.")
-
-
 def sample(
     model_fn: ModelFn,
     process: AbstractGaussianPath,
@@ -47,6 +31,7 @@ def sample(
     t_start: float = 1.0,
     t_end: float = 1e-3,
     cond: Any = None,
+    thresholding: Callable[[Array], Array] | None = None,
     denoise_final: bool = False,
     return_trajectory: bool = False,
 ) -> SampleResult:
@@ -61,11 +46,14 @@ def sample(
         ``"score"``).
       x_init: starting points at ``t_start``; drawn from the prior when ``None``.
       shape: ``(b, *data_shape)`` of the prior draw when ``x_init`` is ``None``.
-      num_steps: number of solver steps on ``grid`` (ignored when ``ts`` is given).
+      num_steps: number of solver steps on ``grid`` (ignored when ``ts`` is given); for
+        singlestep DPM-Solver, the number of model evaluations.
       ts: an explicit decreasing grid ``(num_steps + 1,)`` instead of ``grid``.
       grid: ``grid(process, t_start, t_end, num_steps)``, e.g. ``uniform`` or ``log_snr_uniform``.
       t_start, t_end: the ends of the grid.
       cond: conditioning passed to ``model_fn`` unchanged.
+      thresholding: a correction of ``x0_hat`` applied before every solver update, e.g.
+        ``DynamicThresholding(ratio=0.995)`` for data in ``[-1, 1]``.
       denoise_final: return the model's ``x0_hat`` at ``t_end`` instead of ``x_{t_end}``
         (one more NFE).
       return_trajectory: also return every intermediate state (memory grows with the steps).
@@ -73,38 +61,72 @@ def sample(
     Returns:
       :class:`SampleResult` with ``x``, ``trajectory`` and the exact ``nfe``.
     """
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(
-            f"solver must be a genflow solver object such as Heun(), got {type(solver).__name__}."
-        )
+    _check_solver(solver)
     if x_init is None and shape is None:
         raise ValueError("give either x_init or shape (the batch shape of the prior draw).")
-    if ts is None:
-        if num_steps is None:
-            raise ValueError("give num_steps (or an explicit grid ts).")
-        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-            raise TypeError(f"num_steps must be an int, got {num_steps!r}.")
-        if num_steps < solver.min_steps:
-            raise ValueError(
-                f"{type(solver).__name__} needs num_steps >= {solver.min_steps}, got {num_steps}."
-            )
-        if not 0.0 <= t_end < t_start <= 1.0:
-            raise ValueError(
-                f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}."
-            )
-        ts = grid(process, t_start, t_end, int(num_steps))
-    else:
-        _check_grid(ts, solver)
-    ts = jnp.asarray(ts, dtype=jnp.result_type(ts, jnp.float32))
-    n = ts.shape[0] - 1
+    ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid,
+                    t_start=t_start, t_end=t_end, increasing=False)
 
     key_init, key_steps = jax.random.split(key)
     if x_init is None:
         x_init = process.prior_sample(key_init, tuple(shape))
-    x_init = jnp.asarray(x_init)
+    denoise = Denoiser(model_fn, process, prediction, cond, thresholding)
+    return _solve(denoise, solver, jnp.asarray(x_init), ts, key_steps,
+                  denoise_final=denoise_final, return_trajectory=return_trajectory)
 
-    denoise = Denoiser(model_fn, process, prediction, cond)
+
+def invert(
+    model_fn: ModelFn,
+    process: AbstractGaussianPath,
+    solver: AbstractSolver,
+    *,
+    x: Array,
+    prediction: Prediction | str,
+    num_steps: int | None = None,
+    ts: ArrayLike | None = None,
+    grid: Callable[..., Array] = uniform,
+    t_start: float = 1e-3,
+    t_end: float = 1.0,
+    cond: Any = None,
+    thresholding: Callable[[Array], Array] | None = None,
+    return_trajectory: bool = False,
+) -> SampleResult:
+    """Map data to noise: run a deterministic solver from ``t_start`` (data) up to ``t_end``.
+
+    The probability-flow ODE is run forwards in time with the same solver and the same grid
+    rules as :func:`sample` (the grid runs from ``t_start`` up to ``t_end``; e.g. uniform in
+    log-SNR with ``grid=log_snr_uniform``). Sampling from the result over the reversed
+    interval reconstructs ``x`` up to the discretization errors of the two runs.
+
+    Args:
+      model_fn, process, prediction, cond, thresholding: as in :func:`sample`.
+      solver: a deterministic solver (``solver.stochastic`` is ``False``).
+      x: the data points at ``t_start``, ``(b, *data_shape)``.
+      num_steps, ts, grid: the grid, as in :func:`sample`, but increasing.
+      t_start, t_end: the ends of the grid, ``t_start < t_end``.
+      return_trajectory: also return every intermediate state.
+
+    Returns:
+      :class:`SampleResult` with the latents ``x`` at ``t_end`` and the exact ``nfe``.
+    """
+    _check_solver(solver)
+    if solver.stochastic:
+        raise ValueError(
+            f"invert needs a deterministic solver; {type(solver).__name__} is stochastic. "
+            "Use e.g. DPMSolverMultistep(), Heun() or DDIM(eta=0.0)."
+        )
+    ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid,
+                    t_start=t_start, t_end=t_end, increasing=True)
+    denoise = Denoiser(model_fn, process, prediction, cond, thresholding)
+    return _solve(denoise, solver, jnp.asarray(x), ts, jax.random.key(0),
+                  denoise_final=False, return_trajectory=return_trajectory)
+
+
+def _solve(denoise: Denoiser, solver: AbstractSolver, x_init: Array, ts: Array,
+           key: PRNGKeyArray, *, denoise_final: bool, return_trajectory: bool) -> SampleResult:
+    """Scan ``solver.step`` over the intervals of ``ts`` and count the model evaluations."""
     _check_model_output(denoise, x_init, ts[0])
+    n = ts.shape[0] - 1
 
     denoise.reset_calls()
     state = solver.init(x_init, ts)
@@ -118,7 +140,7 @@ def sample(
         x_next = x_next.astype(x.dtype)
         return (x_next, state), (x_next if return_trajectory else None)
 
-    step_keys = jax.random.split(key_steps, n)
+    step_keys = jax.random.split(key, n)
     (x, _), traj = jax.lax.scan(body, (x_init, state), (ts[:-1], ts[1:], step_keys))
     nfe = init_calls + n * denoise.calls
 
@@ -129,6 +151,62 @@ def sample(
     if return_trajectory:
         traj = jnp.concatenate([x_init[None], traj], axis=0)
     return SampleResult(x=x, trajectory=traj, nfe=nfe)
+
+
+def _check_solver(solver: Any) -> None:
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(
+            f"solver must be a genflow solver object such as Heun(), got {type(solver).__name__}."
+        )
+
+
+def _check_num_steps(num_steps: Any, solver: AbstractSolver) -> None:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(f"num_steps must be an int, got {num_steps!r}.")
+    if num_steps < solver.min_steps:
+        raise ValueError(
+            f"{type(solver).__name__} needs num_steps >= {solver.min_steps}, got {num_steps}; "
+            "take more steps (or a lower order)."
+        )
+
+
+def _check_grid(ts: Any, solver: AbstractSolver, *, increasing: bool) -> None:
+    try:
+        concrete = np.asarray(ts)
+    except (TypeError, jax.errors.TracerArrayConversionError):
+        return  # a traced grid cannot be checked here; the caller owns it
+    if concrete.ndim != 1 or concrete.shape[0] < 2:
+        raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {concrete.shape}.")
+    steps = np.diff(concrete)
+    if not np.all(steps > 0 if increasing else steps < 0):
+        direction = (
+            "increase strictly from the data end to the noisy end (t_start < ... < t_end)"
+            if increasing else
+            "decrease strictly from the noisy end to the data end (t_start > ... > t_end)"
+        )
+        raise ValueError(f"ts must {direction}; got {concrete[:3]} ... {concrete[-2:]}.")
+    if concrete.min() < 0 or concrete.max() > 1:
+        raise ValueError(
+            f"times must lie in [0, 1]; got t_start={concrete[0]}, t_end={concrete[-1]}."
+        )
+    _check_num_steps(concrete.shape[0] - 1, solver)
+
+
+def _make_grid(process, solver, *, num_steps, ts, grid, t_start, t_end, increasing) -> Array:
+    """The validated grid that the solver walks (with its intermediate points, if any)."""
+    if ts is None:
+        if num_steps is None:
+            raise ValueError("give num_steps (or an explicit grid ts).")
+        _check_num_steps(num_steps, solver)
+        lo, hi = (t_start, t_end) if increasing else (t_end, t_start)
+        if not 0.0 <= lo < hi <= 1.0:
+            need = "0 <= t_start < t_end <= 1" if increasing else "0 <= t_end < t_start <= 1"
+            raise ValueError(f"need {need}, got t_start={t_start}, t_end={t_end}.")
+        ts = solver.make_grid(grid, process, t_start, t_end, int(num_steps))
+    else:
+        _check_grid(ts, solver, increasing=increasing)
+        ts = solver.prepare_grid(process, jnp.asarray(ts, jnp.result_type(ts, jnp.float32)))
+    return jnp.asarray(ts, dtype=jnp.result_type(ts, jnp.float32))
 
 
 def _check_model_output(denoise: Denoiser, x: Array, t: Array) -> None:

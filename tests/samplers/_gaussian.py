@@ -20,6 +20,7 @@ from genflow.processes import VPCosine, VPLinear
 from genflow.samplers import (
     DDIM,
     DPMSolverMultistep,
+    DPMSolverSinglestep,
     EDMHeun,
     Euler,
     EulerMaruyama,
@@ -38,15 +39,17 @@ SOLVERS = {
     "ddim1": DDIM(eta=1.0),
     "em": EulerMaruyama(),
     "dpm++3m": DPMSolverMultistep(order=3, algorithm="dpmsolver++"),
+    "dpm3s": DPMSolverSinglestep(order=3, algorithm="dpmsolver", variant="taylor"),
     "pc": PredictorCorrector(),
     "edm_churn": EDMHeun(s_churn=10.0),
 }
 STOCHASTIC = {
     "euler": False, "heun": False, "ddim0": False, "ddim1": True, "em": True,
-    "dpm++3m": False, "pc": True, "edm_churn": True,
+    "dpm++3m": False, "dpm3s": False, "pc": True, "edm_churn": True,
 }
 NFE_PER_STEP = {
-    "euler": 1, "heun": 2, "ddim0": 1, "ddim1": 1, "em": 1, "dpm++3m": 1, "pc": 2, "edm_churn": 2,
+    "euler": 1, "heun": 2, "ddim0": 1, "ddim1": 1, "em": 1, "dpm++3m": 1, "dpm3s": 1, "pc": 2,
+    "edm_churn": 2,
 }
 
 # 2-D Gaussian data, different mean and variance per dimension (v != 1: not a fixed point of VP).
@@ -110,7 +113,7 @@ def exact_flow(name, x1, t1, t0, m=M, var=VAR):
 
 
 # --------------------------------------------------------------------------- shared runs
-CONTRACT_STEPS = 2
+CONTRACT_STEPS = 3  # the fewest steps a third-order solver takes
 KEYS = jax.random.split(jax.random.key(42), 2)
 
 

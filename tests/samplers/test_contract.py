@@ -150,6 +150,7 @@ JIT_CASES = [
     ("ddim0", "cosine", "v"),
     ("ddim1", "cosine", "v"),
     ("em", "linear", "velocity"),
+    ("dpm3s", "cosine", "x0"),
 ]
 
 

@@ -300,7 +300,7 @@ def test_solver_is_a_static_pytree():
     leaves, treedef = jax.tree_util.tree_flatten(s)
     assert leaves == [] and jax.tree_util.tree_unflatten(treedef, []) == s
     assert treedef != jax.tree_util.tree_structure(DPMSolverMultistep(order=2))
-    assert not s.stochastic and s.min_steps == 1
+    assert not s.stochastic and s.min_steps == 3
 
 
 @pytest.mark.parametrize("kwargs", [
