@@ -14,6 +14,7 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from genflow.processes import VPCosine, VPLinear
@@ -110,6 +111,27 @@ def exact_flow(name, x1, t1, t0, m=M, var=VAR):
         a0, s0, *_ = coefs(name, t0, np)
     S1, S0 = a1**2 * var + s1**2, a0**2 * var + s0**2
     return a0 * m + np.sqrt(S0 / S1) * (x1 - a1 * m)
+
+
+# 1-D two-component Gaussian mixture (non-linear probability flow).
+MIX_W = np.array([0.3, 0.7])
+MIX_M = np.array([-1.5, 1.0])
+MIX_V = np.array([0.2, 0.4])
+
+
+def mixture_eps_model(name):
+    """Exact eps of a 1-D two-component Gaussian mixture (as in test_order.py):
+    -sigma * score of p_t = sum_k w_k N(alpha m_k, alpha^2 v_k + sigma^2)."""
+
+    def model_fn(x, t, cond=None):
+        alpha, sigma, *_ = (c[:, None] for c in coefs(name, t))
+        S = alpha**2 * MIX_V + sigma**2
+        resid = x - alpha * MIX_M
+        log_r = jnp.log(MIX_W) - 0.5 * jnp.log(2 * math.pi * S) - 0.5 * resid**2 / S
+        r = jax.nn.softmax(log_r, axis=-1)
+        return sigma * jnp.sum(r * resid / S, axis=-1, keepdims=True)
+
+    return model_fn
 
 
 # --------------------------------------------------------------------------- shared runs

@@ -19,12 +19,12 @@ import math
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from _gaussian import (
     KINDS,
+    MIX_M,
     M,
     PROCESSES,
     SOLVERS as ALL_SOLVERS,
@@ -34,6 +34,7 @@ from _gaussian import (
     exact_flow,
     gaussian_model,
     log_snr,
+    mixture_eps_model,
     nojit_run,
     t_from_log_snr,
 )
@@ -158,27 +159,6 @@ def test_one_step_is_the_method(solver_name, name):
 
 
 # --------------------------------------------------------------------------- Gaussian mixture
-MIX_W = np.array([0.3, 0.7])
-MIX_M = np.array([-1.5, 1.0])
-MIX_V = np.array([0.2, 0.4])
-
-
-def mixture_eps_model(name):
-    """Exact eps of a 1-D two-component Gaussian mixture: -sigma * score of the mixture marginal,
-    p_t = sum_k w_k N(alpha m_k, alpha^2 v_k + sigma^2), with the posterior over components."""
-
-    def model_fn(x, t, cond=None):
-        alpha, sigma, *_ = (c[:, None] for c in coefs(name, t))  # (b, 1)
-        S = alpha**2 * MIX_V + sigma**2  # (b, K)
-        resid = x - alpha * MIX_M  # (b, K), x is (b, 1)
-        log_r = jnp.log(MIX_W) - 0.5 * jnp.log(2 * math.pi * S) - 0.5 * resid**2 / S
-        r = jax.nn.softmax(log_r, axis=-1)
-        score = jnp.sum(r * (-resid / S), axis=-1, keepdims=True)
-        return -sigma * score
-
-    return model_fn
-
-
 @jax.jit
 def solve_mixture(ts_batch, x1):
     model = mixture_eps_model("linear")
