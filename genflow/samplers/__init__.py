@@ -20,6 +20,7 @@ from genflow.samplers._base import (
     SampleResult as SampleResult,
 )
 from genflow.samplers._ddim import DDIM as DDIM
+from genflow.samplers._dpm_adaptive import sample_dpm_adaptive as sample_dpm_adaptive
 from genflow.samplers._dpm_singlestep import DPMSolverSinglestep as DPMSolverSinglestep
 from genflow.samplers._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from genflow.samplers._edm import EDMHeun as EDMHeun
@@ -72,5 +73,6 @@ __all__ = [
     "quadratic",
     "sample",
     "sample_adaptive",
+    "sample_dpm_adaptive",
     "uniform",
 ]

@@ -37,6 +37,7 @@ from genflow.samplers import (
     log_snr_uniform,
     quadratic,
     sample,
+    sample_dpm_adaptive,
     uniform,
 )
 from genflow.samplers._dpm_singlestep import singlestep_orders
@@ -89,8 +90,9 @@ def numpy_outer_grid(name, grid, n, order):
     return full[np.cumsum([0] + orders)], orders
 
 
-def numpy_singlestep(name, algorithm, variant, outer, orders, x):
-    """Singlestep DPM-Solver in the papers' form with the exact Gaussian model (numpy)."""
+def numpy_step(name, algorithm, variant, x, s_, t_, order, r1=None):
+    """One singlestep DPM-Solver update in the papers' form with the exact Gaussian model
+    (numpy); ``r1`` defaults to 1/2 (order 2) and 1/3 (order 3, with r2 = 2/3)."""
     data = algorithm == "dpmsolver++"
 
     def at(t):
@@ -110,46 +112,45 @@ def numpy_singlestep(name, algorithm, variant, outer, orders, x):
             return s_t / s_s * x - a_t * math.expm1(-h) * m
         return a_t / a_s * x - s_t * math.expm1(h) * m
 
-    for j, order in enumerate(orders):
-        s_, t_ = outer[j], outer[j + 1]
-        a_s, s_s, l_s = at(s_)
-        a_t, s_t, l_t = at(t_)
-        h = l_t - l_s
-        m_s = model(x, s_)
-        if order == 1:
-            x = first(x, s_, t_, m_s)
-            continue
-        sign = -1.0 if data else 1.0  # expm1(sign * h) is phi_1 of the form
-        phi1 = math.expm1(sign * h)
-        phi2 = phi1 / h + (1.0 if data else -1.0)
-        phi3 = phi2 / h - 0.5
-        c_t, lin_t = (a_t, s_t / s_s) if data else (s_t, a_t / a_s)
-        base = lin_t * x - c_t * phi1 * m_s
-        if order == 2:
-            r1 = 0.5
-            s1 = t_from_log_snr(name, l_s + r1 * h)
-            m1 = model(first(x, s_, s1, m_s), s1)
-            if variant == "midpoint":
-                x = base - (0.5 / r1) * c_t * phi1 * (m1 - m_s)
-            else:
-                x = base - sign * (1.0 / r1) * c_t * phi2 * (m1 - m_s)
-            continue
-        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    a_s, s_s, l_s = at(s_)
+    a_t, s_t, l_t = at(t_)
+    h = l_t - l_s
+    m_s = model(x, s_)
+    if order == 1:
+        return first(x, s_, t_, m_s)
+    sign = -1.0 if data else 1.0  # expm1(sign * h) is phi_1 of the form
+    phi1 = math.expm1(sign * h)
+    phi2 = phi1 / h + (1.0 if data else -1.0)
+    phi3 = phi2 / h - 0.5
+    c_t, lin_t = (a_t, s_t / s_s) if data else (s_t, a_t / a_s)
+    base = lin_t * x - c_t * phi1 * m_s
+    if order == 2:
+        r1 = 0.5 if r1 is None else r1
         s1 = t_from_log_snr(name, l_s + r1 * h)
-        s2 = t_from_log_snr(name, l_s + r2 * h)
         m1 = model(first(x, s_, s1, m_s), s1)
-        a_2, s_2, _ = at(s2)
-        phi22 = math.expm1(sign * r2 * h) / (r2 * h) + (1.0 if data else -1.0)
-        c_2 = a_2 if data else s_2
-        x2 = first(x, s_, s2, m_s) - sign * (r2 / r1) * c_2 * phi22 * (m1 - m_s)
-        m2 = model(x2, s2)
         if variant == "midpoint":
-            x = base - sign * (1.0 / r2) * c_t * phi2 * (m2 - m_s)
-        else:
-            d1_0, d1_1 = (m1 - m_s) / r1, (m2 - m_s) / r2
-            D1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
-            D2 = 2.0 * (d1_1 - d1_0) / (r2 - r1)
-            x = base - sign * c_t * phi2 * D1 - c_t * phi3 * D2
+            return base - (0.5 / r1) * c_t * phi1 * (m1 - m_s)
+        return base - sign * (1.0 / r1) * c_t * phi2 * (m1 - m_s)
+    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    s1 = t_from_log_snr(name, l_s + r1 * h)
+    s2 = t_from_log_snr(name, l_s + r2 * h)
+    m1 = model(first(x, s_, s1, m_s), s1)
+    a_2, s_2, _ = at(s2)
+    phi22 = math.expm1(sign * r2 * h) / (r2 * h) + (1.0 if data else -1.0)
+    c_2 = a_2 if data else s_2
+    x2 = first(x, s_, s2, m_s) - sign * (r2 / r1) * c_2 * phi22 * (m1 - m_s)
+    m2 = model(x2, s2)
+    if variant == "midpoint":
+        return base - sign * (1.0 / r2) * c_t * phi2 * (m2 - m_s)
+    d1_0, d1_1 = (m1 - m_s) / r1, (m2 - m_s) / r2
+    D1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
+    D2 = 2.0 * (d1_1 - d1_0) / (r2 - r1)
+    return base - sign * c_t * phi2 * D1 - c_t * phi3 * D2
+
+
+def numpy_singlestep(name, algorithm, variant, outer, orders, x):
+    for j, order in enumerate(orders):
+        x = numpy_step(name, algorithm, variant, x, outer[j], outer[j + 1], order)
     return x
 
 
@@ -255,6 +256,79 @@ def test_bad_input():
     with pytest.raises(ValueError, match="t_end > 0"):
         sample(model, VPLinear(), DPMSolverSinglestep(order=2), key=jax.random.key(0),
                x_init=X1, prediction="eps", num_steps=4, t_end=0.0)
+
+
+# --------------------------------------------------------------------------- adaptive
+def numpy_adaptive(name, algorithm, variant, order, x, rtol, atol, h_init=0.05, theta=0.9,
+                   t_err=1e-5):
+    """The paper's Algorithm 4 (adaptive step size in log-SNR), in numpy."""
+    s_, lam_end = T_START, log_snr(name, T_END)
+    h, x_prev, attempts = h_init, x, 0
+    while abs(s_ - T_END) > t_err:
+        t_ = t_from_log_snr(name, log_snr(name, s_) + h)
+        if order == 2:
+            low = numpy_step(name, algorithm, variant, x, s_, t_, 1)
+            high = numpy_step(name, algorithm, variant, x, s_, t_, 2)
+        else:
+            low = numpy_step(name, algorithm, variant, x, s_, t_, 2, r1=1.0 / 3.0)
+            high = numpy_step(name, algorithm, variant, x, s_, t_, 3)
+        delta = np.maximum(atol, rtol * np.maximum(np.abs(low), np.abs(x_prev)))
+        err = np.sqrt(np.mean(((high - low) / delta) ** 2, axis=1)).max()
+        if err <= 1.0:
+            x, x_prev, s_ = high, low, t_
+        h = min(theta * h * err ** (-1.0 / order), lam_end - log_snr(name, s_))
+        attempts += 1
+    return x, order * attempts
+
+
+@pytest.mark.parametrize("order,algorithm,variant", [
+    (2, "dpmsolver", "midpoint"), (2, "dpmsolver++", "taylor"),
+    (3, "dpmsolver++", "midpoint"), (3, "dpmsolver", "taylor"),
+])
+def test_adaptive_matches_numpy_algorithm(order, algorithm, variant):
+    """Same accepted and rejected steps, same result and NFE (== real model evaluations) as
+    the algorithm written out in numpy; the result is close to the exact flow map."""
+    name, rtol, atol = "linear", 0.01, 0.002
+    counter = []
+    with jax.disable_jit():
+        res = sample_dpm_adaptive(gaussian_model(name, "eps", counter=counter),
+                                  PROCESSES[name], key=jax.random.key(0), x_init=X1,
+                                  prediction="eps", order=order, algorithm=algorithm,
+                                  variant=variant, rtol=rtol, atol=atol)
+    expected, nfe = numpy_adaptive(name, algorithm, variant, order, X1, rtol, atol)
+    np.testing.assert_allclose(np.asarray(res.x), expected, rtol=1e-9, atol=1e-9)
+    assert int(res.nfe) == nfe == counter.count("run")
+    exact = exact_flow(name, X1, T_START, T_END)
+    assert np.abs(np.asarray(res.x) - exact).max() < 0.05
+
+
+def test_adaptive_error_falls_with_the_tolerance():
+    name = "cosine"
+    run = jax.jit(lambda x, tol: sample_dpm_adaptive(
+        gaussian_model(name, "x0"), PROCESSES[name], key=jax.random.key(0), x_init=x,
+        prediction="x0", order=3, rtol=tol, atol=tol / 5))
+    exact = exact_flow(name, X1, T_START, T_END)
+    errors, nfes = [], []
+    for tol in (1e-2, 1e-3, 1e-4):
+        res = run(X1, tol)
+        errors.append(np.abs(np.asarray(res.x) - exact).max())
+        nfes.append(int(res.nfe))
+    assert np.all(np.diff(errors) < 0) and np.all(np.diff(nfes) > 0), (errors, nfes)
+    assert errors[-1] < 1e-4, errors
+
+
+def test_adaptive_bad_input_and_step_limit():
+    model = gaussian_model("linear", "eps")
+    kw = dict(key=jax.random.key(0), x_init=X1, prediction="eps")
+    with pytest.raises(ValueError, match="order"):
+        sample_dpm_adaptive(model, VPLinear(), order=1, **kw)
+    with pytest.raises(ValueError, match="finite at both ends"):
+        sample_dpm_adaptive(model, VPLinear(), t_end=0.0, **kw)
+    with pytest.raises(ValueError, match="rtol"):
+        sample_dpm_adaptive(model, VPLinear(), rtol=-1.0, **kw)
+    with jax.disable_jit():
+        res = sample_dpm_adaptive(model, VPLinear(), max_steps=3, rtol=1e-4, atol=1e-5, **kw)
+    assert np.all(np.isnan(np.asarray(res.x))) and int(res.nfe) == 9
 
 
 # --------------------------------------------------------------------------- inversion
