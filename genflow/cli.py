@@ -39,9 +39,19 @@ def _build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
     sa.add_argument(
         "--sampler", default=None,
-        help="solver name, e.g. heun, euler_maruyama, pc, dpm_solver++_2m (default: the config's)",
+        help="sampler name: euler, heun, ddim, euler_maruyama, pc, edm_heun, "
+        "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), dpm_solver_adaptive, ode_adaptive "
+        "(default: the config's)",
     )
-    sa.add_argument("--steps", type=int, default=None, help="number of solver steps")
+    sa.add_argument(
+        "--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+        help="a sampler option, e.g. --option variant=taylor or --option rtol=1e-3 "
+        "(repeatable; an unknown option is an error that lists the sampler's options)",
+    )
+    sa.add_argument("--steps", type=int, default=None,
+                    help="number of solver steps (model evaluations for singlestep DPM-Solver)")
+    sa.add_argument("--threshold", type=float, default=None, metavar="QUANTILE",
+                    help="dynamic thresholding of x0_hat at this quantile, e.g. 0.995 (0: off)")
     sa.add_argument("--grid", default=None, help="time grid: uniform, log_snr, quadratic, karras")
     sa.add_argument("--num", type=int, default=None, help="number of samples")
     sa.add_argument("--seed", type=int, default=None, help="random seed")
@@ -101,9 +111,14 @@ def _prepare_sample(args):
     config = cfg.load_config_json(workdir / CONFIG_FILE)
     changes = {
         "sampler": args.sampler, "num_steps": args.steps, "grid": args.grid,
-        "num_samples": args.num, "seed": args.seed,
+        "num_samples": args.num, "seed": args.seed, "threshold": args.threshold,
     }
-    flag = {"num_steps": "--steps", "num_samples": "--num"}
+    if args.options or (args.sampler not in (None, config.sample.sampler)):
+        # The config's options belong to the config's sampler.
+        same = args.sampler in (None, config.sample.sampler)
+        base = [config.sample.solver_options] if same and config.sample.solver_options else []
+        changes["solver_options"] = ",".join(base + args.options)
+    flag = {"num_steps": "--steps", "num_samples": "--num", "threshold": "--threshold"}
     changes = {k: v for k, v in changes.items() if v is not None}
     try:
         sample_config = dataclasses.replace(config.sample, **changes)
@@ -127,7 +142,7 @@ def _run_sample(args) -> int:
     import numpy as np
 
     from genflow import samplers
-    from genflow.config import GRIDS, make_solver
+    from genflow.config import ADAPTIVE_SAMPLERS, GRIDS, make_solver, sampler_options
     from genflow.data import sample_toy
     from genflow.metrics import sliced_wasserstein2, sliced_wasserstein2_floor
     from genflow.plotting import scatter_png
@@ -135,28 +150,46 @@ def _run_sample(args) -> int:
 
     _, setup, step, params = restore_run(workdir, weights=args.weights)
     sc = config.sample
-    solver = make_solver(sc.sampler)
     data_shape = data_shape_of(config)
+    common = dict(
+        key=None, shape=(sc.num_samples, *data_shape), prediction=config.train.prediction,
+        t_end=sc.t_end,
+    )
+    thresholding = samplers.DynamicThresholding(ratio=sc.threshold) if sc.threshold else None
+    if sc.sampler in ADAPTIVE_SAMPLERS:
+        fn = ADAPTIVE_SAMPLERS[sc.sampler][0]
+        options = sampler_options(sc.sampler, sc.solver_options)
+        if thresholding is not None:
+            if sc.sampler != "dpm_solver_adaptive":
+                raise UsageError(f"--threshold is not available with {sc.sampler}.")
+            options["thresholding"] = thresholding
+        run = lambda model_fn, key: fn(model_fn, config.process, **(common | {"key": key}),  # noqa: E731
+                                       **options)
+        what = f"{sc.sampler} (adaptive steps)"
+    else:
+        solver = make_solver(sc.sampler, sc.solver_options)
+        run = lambda model_fn, key: samplers.sample(  # noqa: E731
+            model_fn, config.process, solver, **(common | {"key": key}),
+            num_steps=sc.num_steps, grid=GRIDS[sc.grid], thresholding=thresholding,
+        )
+        what = f"{sc.sampler}, {sc.num_steps} steps ({sc.grid} grid)"
 
     @jax.jit
     def draw(model_fn, key):
-        result = samplers.sample(
-            model_fn, config.process, solver, key=key, shape=(sc.num_samples, *data_shape),
-            prediction=config.train.prediction, num_steps=sc.num_steps, grid=GRIDS[sc.grid],
-            t_end=sc.t_end,
-        )
+        result = run(model_fn, key)
         return result.x, result.nfe
 
+    options_text = f" [{sc.solver_options}]" if sc.solver_options else ""
     print(
-        f"sampling {sc.num_samples} points with {sc.sampler}, {sc.num_steps} steps "
-        f"({sc.grid} grid, {args.weights} weights, checkpoint step {step})"
+        f"sampling {sc.num_samples} points with {what}{options_text} "
+        f"({args.weights} weights, checkpoint step {step})"
     )
     x, nfe = draw(model_fn_from(setup, params), jax.random.key(sc.seed))
     x = np.asarray(jax.device_get(x))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         out.with_suffix(".npz"), samples=x, nfe=int(nfe), sampler=sc.sampler,
-        num_steps=sc.num_steps, grid=sc.grid, step=step,
+        solver_options=sc.solver_options, num_steps=sc.num_steps, grid=sc.grid, step=step,
     )
     # Fresh data, from seeds that training never used.
     fresh = lambda num, seed: sample_toy(config.data.name, num, seed=[2**31 - 1, seed])  # noqa: E731

@@ -27,6 +27,7 @@ from typing import Any
 from genflow import losses, processes, samplers
 from genflow.data import TOY_DATASETS
 from genflow.prediction import Prediction
+from genflow.samplers._dpm_solver import check_options as check_dpm_options
 
 
 class ConfigError(ValueError):
@@ -55,7 +56,28 @@ SOLVERS: dict[str, Callable[[], samplers.AbstractSolver]] = {
     "dpm_solver++_3m": functools.partial(
         samplers.DPMSolverMultistep, order=3, algorithm="dpmsolver++"
     ),
+    "dpm_solver_2s": functools.partial(
+        samplers.DPMSolverSinglestep, order=2, algorithm="dpmsolver"
+    ),
+    "dpm_solver_3s": functools.partial(
+        samplers.DPMSolverSinglestep, order=3, algorithm="dpmsolver"
+    ),
+    "dpm_solver++_2s": functools.partial(
+        samplers.DPMSolverSinglestep, order=2, algorithm="dpmsolver++"
+    ),
+    "dpm_solver++_3s": functools.partial(
+        samplers.DPMSolverSinglestep, order=3, algorithm="dpmsolver++"
+    ),
 }
+# Adaptive-step samplers are functions (their NFE depends on the data), with their options.
+ADAPTIVE_SAMPLERS: dict[str, tuple[Callable[..., samplers.SampleResult], tuple[str, ...]]] = {
+    "dpm_solver_adaptive": (
+        samplers.sample_dpm_adaptive,
+        ("order", "algorithm", "variant", "h_init", "atol", "rtol", "theta", "t_err", "max_steps"),
+    ),
+    "ode_adaptive": (samplers.sample_adaptive, ("solver", "rtol", "atol", "max_steps")),
+}
+SAMPLER_NAMES = (*SOLVERS, *ADAPTIVE_SAMPLERS)
 GRIDS = {
     "uniform": samplers.uniform,
     "log_snr": samplers.log_snr_uniform,
@@ -181,9 +203,28 @@ class SampleConfig:
     num_samples: int = 4096
     t_end: float = 1e-3
     seed: int = 0
+    # The sampler's own options as "key=value,key=value", e.g. "variant=taylor" or
+    # "rtol=1e-3,order=2"; see `genflow sample --help`.
+    solver_options: str = ""
+    # Dynamic thresholding of x0_hat at this quantile (0..1 scale, e.g. 0.995); 0 = off.
+    threshold: float = 0.0
 
     def __post_init__(self):
-        _choose("sampler", self.sampler, tuple(SOLVERS))
+        _choose("sampler", self.sampler, SAMPLER_NAMES)
+        if self.solver_options:
+            sampler_options(self.sampler, self.solver_options)  # validates them
+        if self.sampler in SOLVERS:
+            need = make_solver(self.sampler, self.solver_options).min_steps
+            if self.num_steps < need:
+                raise ConfigError(
+                    f"sample.num_steps must be at least {need} for {self.sampler} (its order), "
+                    f"got {self.num_steps}."
+                )
+        if not (self.threshold == 0.0 or 0.0 < self.threshold <= 1.0):
+            raise ConfigError(
+                f"sample.threshold is a quantile on a 0..1 scale (e.g. 0.995) or 0 for off, "
+                f"got {self.threshold}."
+            )
         _choose("time grid", self.grid, tuple(GRIDS))
         _positive("sample", num_steps=self.num_steps, num_samples=self.num_samples)
         if not 0.0 <= self.t_end < 1.0:
@@ -195,10 +236,11 @@ class Config:
     """A whole experiment. ``process`` is a process object, e.g. ``VPLinear()``."""
 
     process: processes.AbstractGaussianPath = processes.VPLinear()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    sample: SampleConfig = SampleConfig()
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    # A factory: validating a SampleConfig uses the name registry defined further down.
+    sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
 
     def __post_init__(self):
         if type(self.process) not in PROCESSES.values():
@@ -218,9 +260,58 @@ def process_name(process: Any) -> str:
     raise ConfigError(f"{type(process).__name__} has no name in genflow.config.PROCESSES.")
 
 
-def make_solver(name: str) -> samplers.AbstractSolver:
-    _choose("sampler", name, tuple(SOLVERS))
-    return SOLVERS[name]()
+def _option_types(name: str) -> dict[str, Any]:
+    """The options of sampler ``name`` that can be set by name, with their types."""
+    if name in ADAPTIVE_SAMPLERS:
+        fn, options = ADAPTIVE_SAMPLERS[name]
+        hints = typing.get_type_hints(fn)
+        return {o: hints[o] for o in options}
+    factory = SOLVERS[name]
+    cls = factory.func if isinstance(factory, functools.partial) else factory
+    fixed = factory.keywords if isinstance(factory, functools.partial) else {}
+    return {k: v for k, v in _field_types(cls).items() if k not in fixed}
+
+
+def sampler_options(name: str, text: str) -> dict[str, Any]:
+    """Parse ``"key=value,..."`` into the typed options of sampler ``name`` and check them.
+
+    Raises:
+      ConfigError: an unknown sampler or option, a value of the wrong type, or one that the
+        sampler rejects (e.g. ``order=5``).
+    """
+    _choose("sampler", name, SAMPLER_NAMES)
+    types_ = _option_types(name)
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"sampler option {item!r} must look like key=value.")
+        if key not in types_:
+            known = ", ".join(sorted(types_)) or "none"
+            raise ConfigError(f"unknown option {key!r} for sampler {name}; its options: {known}.")
+        options[key] = _parse(raw.strip(), types_[key], f"sampler option {key}")
+    try:
+        if name in SOLVERS:
+            SOLVERS[name](**options)
+        elif name == "dpm_solver_adaptive":
+            defaults = dict(order=3, algorithm="dpmsolver++", variant="midpoint") | options
+            check_dpm_options(
+                name, defaults["order"], defaults["algorithm"], defaults["variant"], orders=(2, 3)
+            )
+        for key, value in options.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                raise ValueError(f"{key} must be positive, got {value}.")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"sampler {name}: {exc}") from None
+    return options
+
+
+def make_solver(name: str, options: str = "") -> samplers.AbstractSolver:
+    """The solver object for a fixed-grid sampler name, with its options."""
+    if name in ADAPTIVE_SAMPLERS:
+        raise ConfigError(f"{name} is an adaptive-step sampler, not a solver object.")
+    return SOLVERS[name](**sampler_options(name, options))
 
 
 def make_weighting(name: str) -> losses.AbstractWeighting:

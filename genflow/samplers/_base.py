@@ -59,8 +59,10 @@ class Denoiser:
 
     def __call__(self, x: Array, t: ArrayLike) -> tuple[Array, Array]:
         pred = self.raw(x, t)
-        # Conversion coefficients stay in the grid's precision even for low-precision x.
+        # Conversion coefficients stay in the grid's precision even for low-precision x; the
+        # results are returned in x's dtype (solvers keep them in their scan state).
         x0, eps = to_x0_eps(self.process, self.prediction, pred, x, t)
+        x0, eps = x0.astype(x.dtype), eps.astype(x.dtype)
         if self.thresholding is not None:
             # Correct x0_hat and keep the pair consistent: x = alpha x0 + sigma eps.
             x0 = self.thresholding(x0).astype(x0.dtype)

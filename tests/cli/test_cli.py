@@ -112,6 +112,18 @@ def test_sample_bad_input(capsys, trained_run):
     assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--steps", "-3"), "--steps")
     assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--steps", "x"), "--steps")
     assert_usage_error(run_main(capsys, "sample", "--workdir", workdir, "--grid", "cubic"), "cubic")
+    # Sampler options: unknown (listing the known ones), badly typed, rejected by the sampler,
+    # malformed; a quantile given as a percentage; too few steps for the order.
+    sample = lambda *a: run_main(capsys, "sample", "--workdir", workdir, *a)  # noqa: E731
+    assert_usage_error(sample("--sampler", "dpm_solver++_3m", "--option", "varient=taylor"),
+                       "varient", "variant", "lower_order_final")
+    assert_usage_error(sample("--sampler", "dpm_solver++_3s", "--option", "variant=rk4"), "variant")
+    assert_usage_error(sample("--sampler", "edm_heun", "--option", "s_churn=lots"), "s_churn", "float")
+    assert_usage_error(sample("--sampler", "dpm_solver_adaptive", "--option", "order=5"), "order")
+    assert_usage_error(sample("--sampler", "ode_adaptive", "--option", "rtol=-1"), "rtol")
+    assert_usage_error(sample("--sampler", "heun", "--option", "fast"), "key=value")
+    assert_usage_error(sample("--threshold", "99.5"), "0..1")
+    assert_usage_error(sample("--sampler", "dpm_solver++_3m", "--steps", "2"), "--steps", "at least 3")
     # A run directory without checkpoints (deleted): named, with what to do.
     bare = trained_run.parent / "bare"
     bare.mkdir(exist_ok=True)
@@ -140,6 +152,27 @@ def test_sample_writes_outputs(trained_run, tmp_path):
     assert int(data["nfe"]) == 7 and str(data["sampler"]) == "euler" and int(data["step"]) == 200
     assert out.with_suffix(".png").stat().st_size > 0
     assert "sliced W2" in proc.stdout and "floor" in proc.stdout
+
+
+def test_sample_with_options_and_adaptive_samplers(capsys, trained_run, tmp_path):
+    """Singlestep with an option (NFE = steps), adaptive DPM-Solver (NFE a multiple of its
+    order), with the options recorded in the .npz."""
+    out = tmp_path / "s"
+    proc = run_main(capsys, "sample", "--workdir", str(trained_run), "--sampler", "dpm_solver++_3s",
+                    "--option", "variant=taylor", "--steps", "8", "--num", "200", "--out", str(out),
+                    "--threshold", "0.995")
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(out.with_suffix(".npz"))
+    assert int(data["nfe"]) == 8 and str(data["solver_options"]) == "variant=taylor"
+    assert np.all(np.isfinite(data["samples"]))
+    proc = run_main(capsys, "sample", "--workdir", str(trained_run), "--sampler",
+                    "dpm_solver_adaptive", "--option", "order=2", "--option", "rtol=0.05",
+                    "--num", "200", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(out.with_suffix(".npz"))
+    nfe = int(data["nfe"])
+    assert nfe > 0 and nfe % 2 == 0 and np.all(np.isfinite(data["samples"]))
+    assert "adaptive" in proc.stdout
 
 
 def _load_state(workdir: Path):

@@ -112,9 +112,13 @@ def test_vmap_over_keys_and_determinism(solver_name, name, kind):
         np.testing.assert_allclose(xs[2], xs[0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver_name,name,kind", SUBSET)
+@pytest.mark.parametrize("solver_name,name,kind", SUBSET + [
+    ("dpm++3m", "linear", "eps"), ("dpm3s", "cosine", "x0"), ("pc", "linear", "score"),
+    ("edm_churn", "cosine", "v"),
+])
 def test_float32_in_float32_out(solver_name, name, kind):
-    """Shapes and dtypes of a float32 run (abstract evaluation: no compilation needed)."""
+    """Shapes and dtypes of a float32 run with float64 times (x64 on), abstract evaluation:
+    no compilation needed. Solver states keep x's dtype (a scan carry must not change it)."""
     x32 = jnp.asarray(X1, jnp.float32)
 
     def run(x):
