@@ -39,6 +39,11 @@ class ConfigError(ValueError):
 PROCESSES: dict[str, type] = {
     "vp_linear": processes.VPLinear,
     "vp_cosine": processes.VPCosine,
+    "sub_vp": processes.SubVP,
+    "ve": processes.VE,
+    "edm": processes.EDM,
+    "rectified_flow": processes.RectifiedFlow,
+    "interpolant": processes.GaussianInterpolant,
 }
 SOLVERS: dict[str, Callable[[], samplers.AbstractSolver]] = {
     "euler": samplers.Euler,

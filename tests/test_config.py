@@ -10,6 +10,7 @@ from genflow.config import (
     Config,
     ConfigError,
     DataConfig,
+    PROCESSES,
     ModelConfig,
     TrainConfig,
     _parse,
@@ -219,3 +220,10 @@ def test_load_config_file_wrong_return_type(tmp_path):
     path.write_text("def get_config():\n    return {}\n")
     with pytest.raises(ConfigError, match="must return"):
         load_config_file(path)
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_every_process_is_selectable_and_round_trips(name):
+    config = apply_overrides(Config(), [f"process={name}"])
+    assert type(config.process) is PROCESSES[name]
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config

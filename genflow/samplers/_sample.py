@@ -203,10 +203,28 @@ def _make_grid(process, solver, *, num_steps, ts, grid, t_start, t_end, increasi
             need = "0 <= t_start < t_end <= 1" if increasing else "0 <= t_end < t_start <= 1"
             raise ValueError(f"need {need}, got t_start={t_start}, t_end={t_end}.")
         ts = solver.make_grid(grid, process, t_start, t_end, int(num_steps))
+        _check_made_grid(ts, increasing)
     else:
         _check_grid(ts, solver, increasing=increasing)
         ts = solver.prepare_grid(process, jnp.asarray(ts, jnp.result_type(ts, jnp.float32)))
     return jnp.asarray(ts, dtype=jnp.result_type(ts, jnp.float32))
+
+
+def _check_made_grid(ts: Any, increasing: bool) -> None:
+    """A grid function can fail on a path: e.g. a log-SNR grid from t = 1 where the log-SNR is
+    infinite (rectified flow) collapses or gives NaN. Say so instead of sampling garbage."""
+    try:
+        concrete = np.asarray(ts, dtype=np.float64)
+    except (TypeError, jax.errors.TracerArrayConversionError):
+        return
+    steps = np.diff(concrete)
+    if not (np.all(np.isfinite(concrete)) and np.all(steps > 0 if increasing else steps < 0)):
+        raise ValueError(
+            "the time grid is not finite and strictly monotone on this process "
+            f"({concrete[:3]} ... {concrete[-2:]}): a log-SNR or Karras grid needs a finite "
+            "log-SNR at both ends; move t_start/t_end inside (0, 1) (e.g. t_start=1 - 1e-3) "
+            "or use grid=uniform."
+        )
 
 
 def _check_model_output(denoise: Denoiser, x: Array, t: Array) -> None:

@@ -411,3 +411,16 @@ def test_thresholding_in_the_denoiser_keeps_the_pair_consistent():
                prediction="eps", num_steps=10, thresholding=DynamicThresholding(),
                denoise_final=True).x
     assert np.abs(np.asarray(x)).max() <= 1.0 + 1e-12
+
+
+def test_a_grid_that_collapses_on_the_process_is_an_error():
+    """Rectified flow has log-SNR = -inf at t = 1: a log-SNR grid from there collapses."""
+    from genflow.processes import RectifiedFlow
+
+    velocity = lambda x, t, cond=None: -x  # noqa: E731
+    with pytest.raises(ValueError, match="strictly monotone.*t_start=1 - 1e-3"):
+        sample(velocity, RectifiedFlow(), Heun(), key=jax.random.key(0), x_init=X1,
+               prediction="velocity", num_steps=4, grid=log_snr_uniform)
+    x = sample(velocity, RectifiedFlow(), Heun(), key=jax.random.key(0), x_init=X1,
+               prediction="velocity", num_steps=4, grid=log_snr_uniform, t_start=1 - 1e-3).x
+    assert np.all(np.isfinite(np.asarray(x)))
