@@ -40,6 +40,7 @@ from genflow.processes import VPLinear
 from genflow.samplers import (
     DDIM,
     DPMSolverMultistep,
+    DPMSolverSinglestep,
     EDMHeun,
     Euler,
     EulerMaruyama,
@@ -47,6 +48,8 @@ from genflow.samplers import (
     PredictorCorrector,
     log_snr_uniform,
     sample,
+    sample_adaptive,
+    sample_dpm_adaptive,
 )
 
 T_START, T_END = 1.0, 1e-3
@@ -62,12 +65,25 @@ DETERMINISTIC = {
     "dpm_solver++_3m": (lambda: DPMSolverMultistep(order=3, algorithm="dpmsolver++"), 1),
     "edm_heun": (EDMHeun, 2),
 }
+# Singlestep solvers: NFE = steps, one compilation per NFE (their grids cannot be padded).
+SINGLESTEP = {
+    "dpm_solver_3s": lambda: DPMSolverSinglestep(order=3, algorithm="dpmsolver"),
+    "dpm_solver++_2s": lambda: DPMSolverSinglestep(order=2, algorithm="dpmsolver++"),
+    "dpm_solver++_3s": lambda: DPMSolverSinglestep(order=3, algorithm="dpmsolver++"),
+}
+# Adaptive step sizes: (function, fixed options); rows per tolerance rtol (atol = rtol / 10).
+ADAPTIVE = {
+    "dpm_solver_adaptive (order 2)": (sample_dpm_adaptive, dict(order=2)),
+    "dpm_solver_adaptive (order 3)": (sample_dpm_adaptive, dict(order=3)),
+    "ode_adaptive (tsit5)": (sample_adaptive, dict(solver="tsit5")),
+}
+ADAPTIVE_RTOLS = [1e-2, 1e-3, 1e-4]
 STOCHASTIC = {
     "euler_maruyama": (EulerMaruyama, 1),
     "pc": (PredictorCorrector, 2),  # ReverseDiffusion predictor + 1 Langevin corrector step
 }
-OVERHEAD_SOLVERS = ["euler", "heun", "dpm_solver++_2m", "euler_maruyama", "pc"]
-ALL = {**DETERMINISTIC, **STOCHASTIC}
+OVERHEAD_SOLVERS = ["euler", "heun", "dpm_solver++_2m", "dpm_solver++_3s", "euler_maruyama", "pc"]
+ALL = {**DETERMINISTIC, **{k: (v, 1) for k, v in SINGLESTEP.items()}, **STOCHASTIC}
 
 # A 2-D mixture of three Gaussians with diagonal covariances.
 MIX_W = np.array([0.25, 0.35, 0.40])
@@ -161,6 +177,28 @@ def error_vs_nfe(nfes, n_points, n_ref_steps, n_stoch):
             det_rows.append({"solver": name, "nfe": per_step * n, "steps": n,
                              "max_err": float(err.max()), "mean_err": float(err.mean())})
 
+    for name, make in SINGLESTEP.items():
+        for n in nfes:
+            res = jax.jit(lambda x, s=make(), n=n: sample(
+                model, process, s, key=jax.random.key(1), x_init=x, prediction="eps",
+                num_steps=n, grid=log_snr_uniform, t_start=T_START, t_end=T_END))(x_init)
+            if res.nfe != n:
+                raise RuntimeError(f"{name}: nfe {res.nfe} != {n}")
+            err = np.linalg.norm(np.asarray(res.x) - x_ref, axis=1)
+            det_rows.append({"solver": name, "nfe": n, "steps": n,
+                             "max_err": float(err.max()), "mean_err": float(err.mean())})
+
+    adaptive_rows = []
+    for name, (fn, options) in ADAPTIVE.items():
+        run = jax.jit(lambda x, rtol, fn=fn, options=options: fn(
+            model, process, key=jax.random.key(1), x_init=x, prediction="eps",
+            t_start=T_START, t_end=T_END, rtol=rtol, atol=rtol / 10, **options))
+        for rtol in ADAPTIVE_RTOLS:
+            res = run(x_init, rtol)
+            err = np.linalg.norm(np.asarray(res.x) - x_ref, axis=1)
+            adaptive_rows.append({"solver": name, "rtol": rtol, "nfe": int(res.nfe),
+                                  "max_err": float(err.max()), "mean_err": float(err.mean())})
+
     exact = mixture_marginal_samples(process, T_END, n_stoch, seed=123)
     floor = sliced_wasserstein2(mixture_marginal_samples(process, T_END, n_stoch, seed=456), exact)
     ode_sw2 = sliced_wasserstein2(np.asarray(jax.jit(lambda x: sample(
@@ -194,6 +232,7 @@ def error_vs_nfe(nfes, n_points, n_ref_steps, n_stoch):
         "n_points": n_points, "n_ref_steps": n_ref_steps, "ref_self_err": ref_err,
         "n_stochastic_samples": n_stoch, "sw2_floor": float(floor),
         "sw2_heun_200_steps": float(ode_sw2), "deterministic": det_rows, "stochastic": sto_rows,
+        "adaptive": adaptive_rows,
     }
 
 
@@ -302,11 +341,23 @@ def print_tables(res):
     nfes = sorted({r["nfe"] for r in err["deterministic"]})
     print("| solver | " + " | ".join(f"NFE {n} max / mean" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
-    for name in DETERMINISTIC:
+    for name in (*DETERMINISTIC, *SINGLESTEP):
         cells = []
         for n in nfes:
             r = [r for r in err["deterministic"] if r["solver"] == name and r["nfe"] == n]
             cells.append(f"{r[0]['max_err']:.2e} / {r[0]['mean_err']:.2e}" if r else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+    print("\n### 1c. Adaptive step sizes: NFE and error per tolerance (atol = rtol / 10; "
+          "same reference and points)\n")
+    print("| solver | " + " | ".join(f"rtol {t:g}: NFE, max / mean" for t in ADAPTIVE_RTOLS)
+          + " |")
+    print("|---|" + "---|" * len(ADAPTIVE_RTOLS))
+    for name in ADAPTIVE:
+        cells = []
+        for rtol in ADAPTIVE_RTOLS:
+            r = [r for r in err["adaptive"] if r["solver"] == name and r["rtol"] == rtol][0]
+            cells.append(f"{r['nfe']}, {r['max_err']:.2e} / {r['mean_err']:.2e}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
     print(f"\n### 1b. Stochastic samplers: sliced W2 to exact marginal samples "
