@@ -147,10 +147,6 @@ class AbstractSolver(abc.ABC):
         """
         return grid(process, t_start, t_end, num_steps)
 
-    def prepare_grid(self, process: AbstractGaussianPath, ts: Array) -> Array:
-        """An explicit grid ``ts`` as :meth:`make_grid` would return it (here: unchanged)."""
-        return ts
-
     def init(self, x: Array, ts: Array) -> Any:
         """Solver state before the first step (``None`` for one-step methods)."""
         return None

@@ -178,7 +178,11 @@ def sample_dpm_adaptive(
         x_prev = jnp.where(accept, x_low, x_prev).astype(x.dtype)
         t_s = jnp.where(accept, t, t_s)
         lam_s = process.log_snr(t_s)
-        grow = theta * h * jnp.where(err > 0, err, 1e-10) ** (-1.0 / order)
+        # The step-size factor is rounded to float32, as the reference implementation does,
+        # so that both take the same steps (it changes the results by about 1e-9 otherwise).
+        safe = jnp.where(err > 0, err, 1.0)
+        factor = jnp.where(err > 0, safe ** (-1.0 / order), jnp.inf).astype(jnp.float32)
+        grow = theta * h * factor
         h = jnp.minimum(grow, lam_end - lam_s)
         return x, x_prev, t_s, h, attempts + 1
 

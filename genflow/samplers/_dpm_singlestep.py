@@ -15,11 +15,6 @@ from genflow.samplers._base import AbstractSolver
 from genflow.samplers._dpm_solver import check_options, exponential_coefficients
 from genflow.samplers._grids import log_snr_uniform
 
-# Where the stages of a k-th order step sit, as fractions of the step in half log-SNR (the
-# reference's defaults: r1 = 1/2 for order 2; r1 = 1/3, r2 = 2/3 for order 3).
-_FRACTIONS = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
-
-
 def singlestep_orders(num_evals: int, order: int) -> list[int]:
     """The order of each step so that the orders add up to ``num_evals`` (the reference's rule).
 
@@ -64,10 +59,10 @@ class DPMSolverSinglestep(AbstractSolver):
     r"""Singlestep DPM-Solver (noise form) and DPM-Solver++ (data form), orders 1 to 3.
 
     A ``k``-th order step from ``s`` to ``t`` (``h = lambda_t - lambda_s``) evaluates the
-    model at ``s`` and at ``k - 1`` intermediate points ``lambda_s + r_j h`` (``r = 1/2`` for
-    order 2, ``r = 1/3, 2/3`` for order 3), each reached by a lower-order update from ``x_s``,
-    and then takes the exponential-integrator update of :class:`ExpCoefficients` with the
-    derivatives estimated from those outputs. With ``D'_j = (D_j - D_s) / (r_j h)``::
+    model at ``s`` and at ``k - 1`` intermediate points ``lambda_s + r_j h``, each reached by a
+    lower-order update from ``x_s``, and then takes the exponential-integrator update of
+    :class:`ExpCoefficients` with the derivatives estimated from those outputs. With
+    ``D'_j = (D_j - D_s) / (r_j h)``::
 
         order 2:  x_1 = lin_1 x_s + a0_1 D_s
                   x_t = lin x_s + a0 D_s + a_mid D'_1           (variant "midpoint")
@@ -84,17 +79,24 @@ class DPMSolverSinglestep(AbstractSolver):
     singlestep third-order coefficient is exact.
 
     Steps are mixed so that the number of model evaluations equals the requested
-    ``num_steps`` (:func:`singlestep_orders`); the step end points are every grid point
-    whose index is a running sum of those orders (uniform and quadratic grids), or, for the
-    log-SNR grid, a log-SNR-uniform grid with one point per step (both as in the reference).
-    The solver inserts the intermediate points into the grid (:meth:`make_grid`), so
-    :func:`genflow.samplers.sample` runs one evaluation per scan iteration: each iteration
-    moves ``x`` to the next stage point, and the step's start, output and first
-    intermediate output are kept in the state. The kind of each iteration is selected
-    arithmetically (no ``lax.cond``). NFE = ``num_steps``.
+    ``num_steps`` (:func:`singlestep_orders`), and the grid holds every evaluation time
+    (the reference's rules):
 
-    The log-SNR at the data end must be finite (``t_end > 0`` on a VP path): the
-    intermediate points of the last step are placed in log-SNR.
+    * on the log-SNR grid, the steps end on a log-SNR-uniform grid with one interval per
+      step, and each step is split into ``k`` equal parts in log-SNR (``r = 1/2``, or
+      ``r = 1/3, 2/3``); :meth:`make_grid` inserts those points;
+    * on any other grid (uniform, quadratic, Karras, or an explicit ``ts`` of
+      ``num_steps + 1`` points), every grid point is an evaluation: the steps end at the
+      points whose index is a running sum of the orders and their intermediate points are
+      the grid points in between, with ``r_j`` from their actual log-SNR.
+
+    :func:`genflow.samplers.sample` then runs one evaluation per scan iteration: each
+    iteration moves ``x`` to the next grid point (a stage point or a step's end), and the
+    step's start, output and first intermediate output are kept in the state. The kind of
+    each iteration is selected arithmetically (no ``lax.cond``). NFE = ``num_steps``.
+
+    On the log-SNR grid the log-SNR at the data end must be finite (``t_end > 0`` on a VP
+    path).
 
     Attributes:
       order: 1, 2 or 3; at least ``order`` steps (evaluations) are needed.
@@ -119,19 +121,17 @@ class DPMSolverSinglestep(AbstractSolver):
     def _data(self) -> bool:
         return self.algorithm == "dpmsolver++"
 
-    # --- the grid: end points of the steps, then their intermediate points --------------
+    # --- the grid: the evaluation times, one per model evaluation ------------------------
 
     def make_grid(self, grid, process, t_start, t_end, num_steps):
-        orders = singlestep_orders(num_steps, self.order)
         if grid is log_snr_uniform:
+            # K steps uniform in log-SNR, each split into `order` equal parts in log-SNR.
+            orders = singlestep_orders(num_steps, self.order)
             outer = grid(process, t_start, t_end, len(orders))
-        else:
-            outer = grid(process, t_start, t_end, num_steps)[np.cumsum([0, *orders])]
-        return self._insert_stages(process, outer, orders)
-
-    def prepare_grid(self, process, ts):
-        orders = singlestep_orders(ts.shape[0] - 1, self.order)
-        return self._insert_stages(process, ts[np.cumsum([0, *orders])], orders)
+            return self._insert_stages(process, outer, orders)
+        # Every grid point is an evaluation: the steps end at the running sums of the orders
+        # and their intermediate points are the grid points in between.
+        return grid(process, t_start, t_end, num_steps)
 
     def _insert_stages(self, process, outer: Array, orders: list[int]) -> Array:
         lam_end = process.log_snr(outer[-1])
@@ -141,12 +141,12 @@ class DPMSolverSinglestep(AbstractSolver):
             finite = True  # a traced grid: the caller owns it
         if not finite:
             raise ValueError(
-                "DPMSolverSinglestep places its intermediate points in log-SNR, which is "
-                f"infinite at t = {outer[-1]}; end the grid at t_end > 0 (e.g. 1e-3) and pass "
-                "denoise_final=True for the model's clean estimate."
+                "DPMSolverSinglestep on the log-SNR grid places its intermediate points in "
+                f"log-SNR, which is infinite at t = {outer[-1]}; end the grid at t_end > 0 "
+                "(e.g. 1e-3) and pass denoise_final=True for the model's clean estimate."
             )
         step = np.concatenate([[j] * o for j, o in enumerate(orders)]).astype(np.int32)
-        frac = np.concatenate([(0.0, *_FRACTIONS[o]) for o in orders])
+        frac = np.concatenate([np.arange(o) / o for o in orders])
         lam = process.log_snr(outer)
         lam_stage = lam[step] + frac * (lam[step + 1] - lam[step])
         inner = process.t_from_log_snr(lam_stage).astype(outer.dtype)

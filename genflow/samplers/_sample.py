@@ -206,7 +206,7 @@ def _make_grid(process, solver, *, num_steps, ts, grid, t_start, t_end, increasi
         _check_made_grid(ts, increasing)
     else:
         _check_grid(ts, solver, increasing=increasing)
-        ts = solver.prepare_grid(process, jnp.asarray(ts, jnp.result_type(ts, jnp.float32)))
+        ts = jnp.asarray(ts, jnp.result_type(ts, jnp.float32))
     return jnp.asarray(ts, dtype=jnp.result_type(ts, jnp.float32))
 
 

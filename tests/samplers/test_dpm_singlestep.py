@@ -77,22 +77,30 @@ def reference_orders(n, order):
 
 
 def numpy_outer_grid(name, grid, n, order):
+    """Step end points, orders and intermediate times (None: equal parts in log-SNR)."""
     orders = reference_orders(n, order)
     if grid == "log_snr":  # K steps uniform in log-SNR
         ts = t_from_log_snr(name, np.linspace(log_snr(name, T_START), log_snr(name, T_END),
                                               len(orders) + 1))
         ts[0], ts[-1] = T_START, T_END
-        return ts, orders
+        return ts, orders, [None] * len(orders)
     if grid == "uniform":
         full = np.linspace(T_START, T_END, n + 1)
     else:
         full = np.linspace(math.sqrt(T_START), math.sqrt(T_END), n + 1) ** 2
-    return full[np.cumsum([0] + orders)], orders
+    return split_grid(full, orders)
 
 
-def numpy_step(name, algorithm, variant, x, s_, t_, order, r1=None):
+def split_grid(full, orders):
+    """Every point of ``full`` is an evaluation: steps end at the running sums of the orders."""
+    ends = np.cumsum([0] + orders)
+    return full[ends], orders, [list(full[a + 1:b]) for a, b in zip(ends[:-1], ends[1:])]
+
+
+def numpy_step(name, algorithm, variant, x, s_, t_, order, r1=None, mids=None):
     """One singlestep DPM-Solver update in the papers' form with the exact Gaussian model
-    (numpy); ``r1`` defaults to 1/2 (order 2) and 1/3 (order 3, with r2 = 2/3)."""
+    (numpy). The intermediate points are ``mids`` (times), else at the log-SNR fractions
+    ``r1`` (default 1/2) for order 2 and 1/3, 2/3 for order 3."""
     data = algorithm == "dpmsolver++"
 
     def at(t):
@@ -127,6 +135,9 @@ def numpy_step(name, algorithm, variant, x, s_, t_, order, r1=None):
     if order == 2:
         r1 = 0.5 if r1 is None else r1
         s1 = t_from_log_snr(name, l_s + r1 * h)
+        if mids is not None:
+            s1 = mids[0]
+            r1 = (log_snr(name, s1) - l_s) / h
         m1 = model(first(x, s_, s1, m_s), s1)
         if variant == "midpoint":
             return base - (0.5 / r1) * c_t * phi1 * (m1 - m_s)
@@ -134,6 +145,9 @@ def numpy_step(name, algorithm, variant, x, s_, t_, order, r1=None):
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
     s1 = t_from_log_snr(name, l_s + r1 * h)
     s2 = t_from_log_snr(name, l_s + r2 * h)
+    if mids is not None:
+        s1, s2 = mids
+        r1, r2 = (log_snr(name, s1) - l_s) / h, (log_snr(name, s2) - l_s) / h
     m1 = model(first(x, s_, s1, m_s), s1)
     a_2, s_2, _ = at(s2)
     phi22 = math.expm1(sign * r2 * h) / (r2 * h) + (1.0 if data else -1.0)
@@ -148,9 +162,10 @@ def numpy_step(name, algorithm, variant, x, s_, t_, order, r1=None):
     return base - sign * c_t * phi2 * D1 - c_t * phi3 * D2
 
 
-def numpy_singlestep(name, algorithm, variant, outer, orders, x):
+def numpy_singlestep(name, algorithm, variant, outer, orders, mids, x):
     for j, order in enumerate(orders):
-        x = numpy_step(name, algorithm, variant, x, outer[j], outer[j + 1], order)
+        x = numpy_step(name, algorithm, variant, x, outer[j], outer[j + 1], order,
+                       mids=mids[j])
     return x
 
 
@@ -169,30 +184,30 @@ NUMPY_CASES = [
 @pytest.mark.parametrize("name,grid,n,order,algorithm,variant", NUMPY_CASES)
 def test_matches_numpy_derivation(name, grid, n, order, algorithm, variant):
     """Every stage and the order schedule ([3, 3, 1], [3, 3, 2], [3, 2, 1], [2, 2, 1]) and the
-    grid rules (log-SNR: K uniform steps; others: every running-sum-of-orders point)."""
+    grid rules (log-SNR: K uniform steps split in equal log-SNR parts; other grids: every grid
+    point is an evaluation, the steps end at the running sums of the orders)."""
     counter = []
     solver = DPMSolverSinglestep(order=order, algorithm=algorithm, variant=variant)
     with jax.disable_jit():
         res = sample(gaussian_model(name, "eps", counter=counter), PROCESSES[name], solver,
                      key=jax.random.key(0), x_init=X1, prediction="eps", num_steps=n,
                      grid=GRIDS[grid], t_start=T_START, t_end=T_END)
-    outer, orders = numpy_outer_grid(name, grid, n, order)
-    expected = numpy_singlestep(name, algorithm, variant, outer, orders, X1)
+    outer, orders, mids = numpy_outer_grid(name, grid, n, order)
+    expected = numpy_singlestep(name, algorithm, variant, outer, orders, mids, X1)
     np.testing.assert_allclose(np.asarray(res.x), expected, rtol=1e-11, atol=1e-11)
     assert res.nfe == n and counter.count("run") == n
 
 
 def test_explicit_grid_uses_its_running_sum_points():
-    """With an explicit ts of n + 1 points, the steps end at ts[cumsum(orders)]."""
+    """With an explicit ts of n + 1 points, every point is an evaluation and the steps end at
+    ts[cumsum(orders)]."""
     ts = np.linspace(0.95, 0.01, 9)  # n = 8: orders [3, 3, 2]
     solver = DPMSolverSinglestep(order=3, algorithm="dpmsolver++", variant="taylor")
     with jax.disable_jit():
         res = sample(gaussian_model("linear", "x0"), PROCESSES["linear"], solver,
                      key=jax.random.key(0), x_init=X1, prediction="x0", ts=ts,
                      return_trajectory=True)
-    orders = [3, 3, 2]
-    outer = ts[np.cumsum([0] + orders)]
-    expected = numpy_singlestep("linear", "dpmsolver++", "taylor", outer, orders, X1)
+    expected = numpy_singlestep("linear", "dpmsolver++", "taylor", *split_grid(ts, [3, 3, 2]), X1)
     np.testing.assert_allclose(np.asarray(res.x), expected, rtol=1e-11, atol=1e-11)
     assert res.trajectory.shape == (9, *X1.shape) and res.nfe == 8
 
@@ -255,7 +270,12 @@ def test_bad_input():
                x_init=X1, prediction="eps", ts=np.array([1.0, 0.5, 1e-3]))
     with pytest.raises(ValueError, match="t_end > 0"):
         sample(model, VPLinear(), DPMSolverSinglestep(order=2), key=jax.random.key(0),
-               x_init=X1, prediction="eps", num_steps=4, t_end=0.0)
+               x_init=X1, prediction="eps", num_steps=4, t_end=0.0, grid=log_snr_uniform)
+    # On a grid of plain points a step may end at t = 0: its limit alpha_0 x0_hat is taken.
+    with jax.disable_jit():
+        x = sample(model, VPLinear(), DPMSolverSinglestep(order=2), key=jax.random.key(0),
+                   x_init=X1, prediction="eps", num_steps=4, t_end=0.0).x
+    assert np.all(np.isfinite(np.asarray(x)))
 
 
 # --------------------------------------------------------------------------- adaptive
