@@ -34,6 +34,7 @@ from _gaussian import (
     log_snr,
     nojit_run,
 )
+from genflow.processes import VE, RectifiedFlow, SubVP
 from genflow.samplers import (
     AbstractSolver,
     Euler,
@@ -90,6 +91,32 @@ VMAP_CASES = [
     ("ddim1", "cosine", "v"),
     ("em", "linear", "velocity"),
 ]
+
+
+# --------------------------------------------------------------------------- other paths
+# Every solver on sub-VP, VE and rectified flow, the prediction kind rotating. Rectified flow
+# has alpha = 0, log-SNR = -inf and an infinite reverse-SDE diffusion at t = 1: only the ODE
+# solvers with v or velocity models can start there, so its cases start at t = 1 - 1e-3.
+OTHER_PATHS = {"subvp": SubVP(), "ve": VE(), "rf": RectifiedFlow()}
+T_START_OF = {"subvp": 1.0, "ve": 1.0, "rf": 1.0 - 1e-3}
+OTHER_CASES = [
+    (solver_name, name, KINDS[(i + 2 * j) % len(KINDS)])
+    for i, solver_name in enumerate(SOLVERS) for j, name in enumerate(OTHER_PATHS)
+]
+
+
+@pytest.mark.parametrize("solver_name,name,kind", OTHER_CASES)
+def test_contract_on_other_paths(solver_name, name, kind):
+    counter = []
+    with jax.disable_jit():
+        res = sample(gaussian_model(name, kind, counter=counter), OTHER_PATHS[name],
+                     SOLVERS[solver_name], key=KEYS[0], x_init=X1, prediction=kind,
+                     num_steps=CONTRACT_STEPS, t_start=T_START_OF[name],
+                     return_trajectory=True)
+    x = np.asarray(res.x)
+    assert x.shape == X1.shape and res.x.dtype == jnp.float64 and np.all(np.isfinite(x))
+    assert res.trajectory.shape == (CONTRACT_STEPS + 1, *X1.shape)
+    assert res.nfe == NFE_PER_STEP[solver_name] * CONTRACT_STEPS == counter.count("run")
 
 
 @pytest.mark.parametrize("solver_name,name,kind", VMAP_CASES)
