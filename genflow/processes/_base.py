@@ -68,6 +68,11 @@ def pytree_dataclass(cls=None, *, static: tuple[str, ...] = ()):
     return cls
 
 
+def as_float_array(t: ArrayLike) -> Array:
+    """``t`` as an array of at least float32 precision (float64 stays float64)."""
+    return jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
+
+
 def broadcast_to_data(coef: ArrayLike, x: Array) -> Array:
     """Reshape a per-example coefficient ``(b,)`` (or a scalar) to broadcast against ``x``."""
     coef = jnp.asarray(coef)

@@ -15,11 +15,12 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from genflow.processes._base import AbstractGaussianPath, broadcast_to_data, pytree_dataclass
-
-
-def _as_float(t: ArrayLike) -> Array:
-    return jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
+from genflow.processes._base import (
+    AbstractGaussianPath,
+    broadcast_to_data,
+    pytree_dataclass,
+    as_float_array as _as_float,
+)
 
 
 @pytree_dataclass

@@ -35,7 +35,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
+from genflow.processes._base import (
+    AbstractGaussianPath,
+    pytree_dataclass,
+    as_float_array as _as_float,
+)
 
 _INTERPOLANTS = ("linear", "trig", "encdec")
 _GAMMAS = ("zero", "sqrt", "quadratic", "sin2")
@@ -43,10 +47,6 @@ _GAMMAS = ("zero", "sqrt", "quadratic", "sin2")
 # a < min_t (pi/2) sin(pi t) / ((2t - 1) cos^2(pi t/2) + (pi/2) t(1-t) sin(pi t)) = 3.47765...
 # (attained at t = 0.6238); the bound is rounded down.
 _TRIG_SQRT_A_MAX = 3.4776
-
-
-def _as_float(t: ArrayLike) -> Array:
-    return jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
 
 
 @pytree_dataclass

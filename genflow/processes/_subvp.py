@@ -17,16 +17,13 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
-
-
-def _as_float(t: ArrayLike) -> Array:
-    return jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
+from genflow.processes._base import pytree_dataclass, as_float_array as _as_float
+from genflow.processes._vp import LinearBetaSchedule
 
 
 @pytree_dataclass
 @dataclasses.dataclass(frozen=True)
-class SubVP(AbstractGaussianPath):
+class SubVP(LinearBetaSchedule):
     r"""Sub-VP SDE with the linear schedule ``beta(t) = beta_min + t (beta_max - beta_min)``.
 
     With ``B(t) = t beta_min + t^2 (beta_max - beta_min) / 2``:
@@ -49,24 +46,6 @@ class SubVP(AbstractGaussianPath):
     Attributes:
       beta_min, beta_max: the linear schedule's ends (score_sde's defaults 0.1 and 20).
     """
-
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-
-    def __post_init__(self):
-        if isinstance(self.beta_min, (int, float)) and isinstance(self.beta_max, (int, float)):
-            if not 0.0 <= self.beta_min < self.beta_max:
-                raise ValueError(
-                    f"SubVP needs 0 <= beta_min < beta_max, got beta_min={self.beta_min}, "
-                    f"beta_max={self.beta_max}."
-                )
-
-    def _log_alpha(self, t: Array) -> Array:
-        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-    def beta(self, t: ArrayLike) -> Array:
-        """``beta(t) = beta_min + t (beta_max - beta_min)``."""
-        return self.beta_min + _as_float(t) * (self.beta_max - self.beta_min)
 
     def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
         log_alpha = self._log_alpha(_as_float(t))

@@ -12,11 +12,11 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
-
-
-def _as_float(t: ArrayLike) -> Array:
-    return jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
+from genflow.processes._base import (
+    AbstractGaussianPath,
+    pytree_dataclass,
+    as_float_array as _as_float,
+)
 
 
 def _sigma_from_log_alpha(log_alpha: Array) -> Array:
@@ -29,13 +29,13 @@ def _log_alpha_from_log_snr(lam: Array) -> Array:
     return -0.5 * jnp.logaddexp(0.0, -2.0 * lam)
 
 
-@pytree_dataclass
 @dataclasses.dataclass(frozen=True)
-class VPLinear(AbstractGaussianPath):
-    """VP SDE with the linear schedule ``beta(t) = beta_min + t (beta_max - beta_min)``.
+class LinearBetaSchedule(AbstractGaussianPath):
+    """The linear noise rate ``beta(t) = beta_min + t (beta_max - beta_min)`` and
+    ``log alpha_t = -int_0^t beta / 2``, shared by :class:`VPLinear` and the sub-VP path.
 
-    ``log alpha_t = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2``,
-    ``sigma_t = sqrt(1 - alpha_t^2)``. Defaults are score_sde's (0.1, 20).
+    Attributes:
+      beta_min, beta_max: the schedule's ends (score_sde's defaults 0.1 and 20).
     """
 
     beta_min: float = 0.1
@@ -45,15 +45,26 @@ class VPLinear(AbstractGaussianPath):
         if isinstance(self.beta_min, (int, float)) and isinstance(self.beta_max, (int, float)):
             if not 0.0 <= self.beta_min < self.beta_max:
                 raise ValueError(
-                    f"VPLinear needs 0 <= beta_min < beta_max, got beta_min={self.beta_min}, "
-                    f"beta_max={self.beta_max}."
+                    f"{type(self).__name__} needs 0 <= beta_min < beta_max, got "
+                    f"beta_min={self.beta_min}, beta_max={self.beta_max}."
                 )
 
     def _log_alpha(self, t: Array) -> Array:
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def beta(self, t: ArrayLike) -> Array:
+        """``beta(t) = beta_min + t (beta_max - beta_min)``."""
         return self.beta_min + _as_float(t) * (self.beta_max - self.beta_min)
+
+
+@pytree_dataclass
+@dataclasses.dataclass(frozen=True)
+class VPLinear(LinearBetaSchedule):
+    """VP SDE with the linear schedule ``beta(t) = beta_min + t (beta_max - beta_min)``.
+
+    ``log alpha_t = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2``,
+    ``sigma_t = sqrt(1 - alpha_t^2)``. Defaults are score_sde's (0.1, 20).
+    """
 
     def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
         log_alpha = self._log_alpha(_as_float(t))

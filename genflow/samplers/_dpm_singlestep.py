@@ -11,8 +11,7 @@ import numpy as np
 from jaxtyping import Array
 
 from genflow.processes._base import broadcast_to_data, pytree_dataclass
-from genflow.samplers._base import AbstractSolver
-from genflow.samplers._dpm_solver import check_options, exponential_coefficients
+from genflow.samplers._dpm_solver import DPMSolverBase, exponential_coefficients
 from genflow.samplers._grids import log_snr_uniform
 
 def singlestep_orders(num_evals: int, order: int) -> list[int]:
@@ -55,7 +54,7 @@ class SinglestepState(NamedTuple):
 
 @pytree_dataclass(static=("order", "algorithm", "variant"))
 @dataclasses.dataclass(frozen=True)
-class DPMSolverSinglestep(AbstractSolver):
+class DPMSolverSinglestep(DPMSolverBase):
     r"""Singlestep DPM-Solver (noise form) and DPM-Solver++ (data form), orders 1 to 3.
 
     A ``k``-th order step from ``s`` to ``t`` (``h = lambda_t - lambda_s``) evaluates the
@@ -107,19 +106,6 @@ class DPMSolverSinglestep(AbstractSolver):
     order: int = 3
     algorithm: str = "dpmsolver++"
     variant: str = "midpoint"
-
-    stochastic = False
-
-    def __post_init__(self):
-        check_options("DPMSolverSinglestep", self.order, self.algorithm, self.variant)
-
-    @property
-    def min_steps(self) -> int:
-        return self.order
-
-    @property
-    def _data(self) -> bool:
-        return self.algorithm == "dpmsolver++"
 
     # --- the grid: the evaluation times, one per model evaluation ------------------------
 

@@ -107,12 +107,34 @@ class MultistepState(NamedTuple):
     lams: Array
 
 
+class DPMSolverBase(AbstractSolver):
+    """What the DPM-Solver classes share: fields ``order``, ``algorithm`` and ``variant``
+    (checked on construction), deterministic, at least ``order`` steps."""
+
+    order: int
+    algorithm: str
+    variant: str
+    stochastic = False
+
+    def __post_init__(self):
+        check_options(type(self).__name__, self.order, self.algorithm, self.variant)
+
+    @property
+    def min_steps(self) -> int:
+        return self.order
+
+    @property
+    def _data(self) -> bool:
+        """The data form (DPM-Solver++, model output ``x0_hat``), else the noise form."""
+        return self.algorithm == "dpmsolver++"
+
+
 # Every field shapes the state or the step's structure (or is a string): all are static.
 @pytree_dataclass(
     static=("order", "algorithm", "variant", "lower_order_final", "reference_coefficients")
 )
 @dataclasses.dataclass(frozen=True)
-class DPMSolverMultistep(AbstractSolver):
+class DPMSolverMultistep(DPMSolverBase):
     r"""Multistep DPM-Solver (noise form) and DPM-Solver++ (data form), orders 1 to 3.
 
     Exponential integrators of the probability-flow ODE written in the half log-SNR
@@ -182,19 +204,6 @@ class DPMSolverMultistep(AbstractSolver):
     variant: str = "midpoint"
     lower_order_final: bool = True
     reference_coefficients: bool = False
-
-    stochastic = False
-
-    def __post_init__(self):
-        check_options("DPMSolverMultistep", self.order, self.algorithm, self.variant)
-
-    @property
-    def min_steps(self) -> int:
-        return self.order
-
-    @property
-    def _data(self) -> bool:
-        return self.algorithm == "dpmsolver++"
 
     def init(self, x, ts) -> MultistepState:
         n = ts.shape[0] - 1
