@@ -92,8 +92,10 @@ GRIDS = {
 WEIGHTINGS: dict[str, type] = {
     "uniform": losses.Uniform,
     "likelihood": losses.LikelihoodWeighting,
+    "edm": losses.EDMWeighting,
 }
 MODELS = ("mlp",)
+PRECONDITIONINGS = ("none", "edm")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 LR_DECAYS = ("cosine", "constant")
 
@@ -141,9 +143,15 @@ class ModelConfig:
     embedding: str = "fourier"
     embed_dim: int = 64
     num_classes: int = 0
+    # "edm": the network is wrapped in EDM's preconditioning (c_skip, c_out, c_in, c_noise) and
+    # predicts x0 (train.prediction must be "x0"); sigma_data is the data's standard deviation.
+    precondition: str = "none"
+    sigma_data: float = 0.5
 
     def __post_init__(self):
         _choose("model", self.name, MODELS)
+        _choose("preconditioning", self.precondition, PRECONDITIONINGS)
+        _positive("model", sigma_data=self.sigma_data)
         _choose("time embedding", self.embedding, TIME_EMBEDDINGS)
         _positive("model", hidden=self.hidden, depth=self.depth, embed_dim=self.embed_dim)
         _non_negative("model", num_classes=self.num_classes)
@@ -248,6 +256,11 @@ class Config:
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
 
     def __post_init__(self):
+        if self.model.precondition == "edm" and self.train.prediction != "x0":
+            raise ConfigError(
+                "model.precondition='edm' makes the network predict x0; set "
+                f"train.prediction=x0 (got {self.train.prediction!r})."
+            )
         if type(self.process) not in PROCESSES.values():
             raise ConfigError(
                 f"process must be one of {', '.join(c.__name__ for c in PROCESSES.values())}, "

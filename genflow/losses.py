@@ -6,6 +6,7 @@ The weighting decides what is averaged:
 
 * :class:`Uniform` -- ``E ||F - target||^2`` in the prediction's own space (the usual
   epsilon-, x0-, v- or flow-matching loss).
+* :class:`EDMWeighting` -- ``E lambda(s) ||x0_hat - x0||^2`` with EDM's ``lambda(s)``.
 * :class:`LikelihoodWeighting` -- ``E g_t^2 / sigma_t^2 ||eps_hat - eps||^2``, which equals
   ``E g_t^2 ||s_theta - grad log p(x_t | x_0)||^2``: score matching weighted by ``g^2``
   (Song et al. 2021, "Maximum Likelihood Training of Score-Based Diffusion Models"), an
@@ -72,6 +73,28 @@ class LikelihoodWeighting(AbstractWeighting):
         return g2 / sigma**2 * _mean_per_example((eps_hat - eps) ** 2)
 
 
+@pytree_dataclass
+@dataclasses.dataclass(frozen=True)
+class EDMWeighting(AbstractWeighting):
+    """EDM's weight ``(s^2 + sigma_d^2) / (s sigma_d)^2`` on the ``x0`` error, with the noise
+    level ``s = sigma_t / alpha_t`` (Karras et al. 2022). With EDM's preconditioning
+    (``genflow.processes.edm_precondition``) it makes the raw network's target unit-variance
+    at every noise level.
+
+    Attributes:
+      sigma_data: the standard deviation of the data.
+    """
+
+    sigma_data: float = 0.5
+
+    def per_example(self, process, kind, pred, x0, eps, x_t, t):
+        x0_hat, _ = to_x0_eps(process, kind, pred, x_t, t)
+        alpha, sigma = process.marginal(t)
+        s = sigma / alpha
+        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        return weight * _mean_per_example((x0_hat - x0) ** 2)
+
+
 def denoising_loss(
     model_fn: Callable[..., Array],
     process: AbstractGaussianPath,
@@ -92,7 +115,8 @@ def denoising_loss(
       x0: a batch of data.
       key: randomness for ``t`` and the noise.
       prediction: what ``model_fn`` predicts.
-      weighting: :class:`Uniform` or :class:`LikelihoodWeighting` (or your own).
+      weighting: :class:`Uniform`, :class:`LikelihoodWeighting`, :class:`EDMWeighting` (or
+        your own).
       t_min, t_max: times are drawn uniformly from ``[t_min, t_max]``.
       cond: optional conditioning passed through to ``model_fn``.
 

@@ -227,3 +227,9 @@ def test_every_process_is_selectable_and_round_trips(name):
     config = apply_overrides(Config(), [f"process={name}"])
     assert type(config.process) is PROCESSES[name]
     assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.py")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_round_trips(path):
+    config = load_config_file(path)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config

@@ -212,3 +212,24 @@ def test_weightings_are_distinct_pytrees():
     ts = jax.tree_util.tree_structure
     assert ts(Uniform()) != ts(LikelihoodWeighting())
     assert ts(Uniform()) == ts(Uniform())
+
+
+def test_edm_weighting_closed_form():
+    """EDMWeighting = (s^2 + sd^2) / (s sd)^2 * mean ||x0_hat - x0||^2 with s = sigma / alpha."""
+    from genflow.losses import EDMWeighting
+
+    name, sd = "cosine", 0.7
+    seen = {}
+
+    def model_fn(x, t, cond=None):  # an imperfect x0 network
+        seen["x"], seen["t"] = np.asarray(x), np.asarray(t)
+        return 0.5 * x + 0.1
+
+    loss = float(denoising_loss(model_fn, PROCESSES[name], X0, key=jax.random.key(2),
+                                prediction="x0", weighting=EDMWeighting(sigma_data=sd),
+                                t_min=0.05, t_max=0.95))
+    x, t = seen["x"], seen["t"]
+    alpha, sigma, *_ = coefs(name, t)
+    s = sigma / alpha
+    ref = np.mean((s**2 + sd**2) / (s * sd) ** 2 * np.mean((0.5 * x + 0.1 - X0) ** 2, axis=1))
+    np.testing.assert_allclose(loss, ref, rtol=1e-9)

@@ -146,7 +146,7 @@ def edm_precondition(
     raw_fn: Callable[..., Array],
     process: AbstractGaussianPath,
     sigma_data: float = 0.5,
-) -> Callable[..., Array]:
+) -> "EDMPreconditioned":
     r"""Wrap a raw network ``F`` into a ``model_fn`` that predicts ``x_0`` (use ``prediction="x0"``).
 
     For a path ``x_t = alpha_t x_0 + sigma_t eps``, ``y = x_t / alpha_t = x_0 + s eps`` is EDM's
@@ -167,16 +167,34 @@ def edm_precondition(
       sigma_data: the standard deviation of the data (EDM's 0.5).
 
     Returns:
-      ``model_fn(x, t, cond=None) -> x0_hat`` with ``x: (b, *data_shape)``, ``t: (b,)``.
+      ``model_fn(x, t, cond=None) -> x0_hat`` with ``x: (b, *data_shape)``, ``t: (b,)``: an
+      :class:`EDMPreconditioned`, a pytree (when ``raw_fn`` is one, e.g. a ``ModelFn``), so
+      it can be passed into ``jax.jit``.
+    """
+    return EDMPreconditioned(raw_fn, process, sigma_data)
+
+
+@pytree_dataclass
+@dataclasses.dataclass(frozen=True)
+class EDMPreconditioned:
+    """A raw network with EDM's preconditioning: see :func:`edm_precondition`.
+
+    Attributes:
+      raw_fn: ``raw_fn(x_in, c_noise, cond)``.
+      process: the Gaussian path ``t`` refers to.
+      sigma_data: the standard deviation of the data.
     """
 
-    def model_fn(x: Float[Array, "b *d"], t: Float[ArrayLike, "b"], cond: Any = None) -> Array:
+    raw_fn: Callable[..., Array]
+    process: AbstractGaussianPath
+    sigma_data: float = 0.5
+
+    def __call__(self, x: Float[Array, "b *d"], t: Float[ArrayLike, "b"], cond: Any = None) -> Array:
         t = jnp.broadcast_to(_as_float(t), (x.shape[0],))
-        alpha, sigma = process.marginal(t)
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma / alpha, sigma_data)
+        alpha, sigma = self.process.marginal(t)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma / alpha, self.sigma_data)
         bc = lambda a: broadcast_to_data(a, x)  # noqa: E731
         y = x / bc(alpha)
-        out = raw_fn((bc(c_in) * y).astype(x.dtype), c_noise, cond)
+        out = self.raw_fn((bc(c_in) * y).astype(x.dtype), c_noise, cond)
         return (bc(c_skip) * y + bc(c_out) * out).astype(x.dtype)
 
-    return model_fn

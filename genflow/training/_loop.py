@@ -96,7 +96,7 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
     base_key = jax.random.key(tc.seed)
 
     def loss_fn(params, batch, key):
-        model = nnx.merge(setup.graphdef, params, setup.rest)
+        model = setup.wrap(nnx.merge(setup.graphdef, params, setup.rest))
         return losses.denoising_loss(
             model,
             process,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -11,6 +13,7 @@ from flax import nnx
 
 from genflow.config import Config, ModelConfig, TrainConfig
 from genflow.networks import MLP, FrozenParam, ModelFn
+from genflow.processes import edm_precondition
 
 
 class TrainState(NamedTuple):
@@ -90,6 +93,8 @@ class Setup(NamedTuple):
     graphdef: Any
     rest: Any  # non-trainable module state (kept constant)
     optimizer: optax.GradientTransformation
+    # network -> model_fn: the identity, or EDM's preconditioning around the network
+    wrap: Callable[[Any], Any] = lambda net: net
 
 
 def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup, TrainState]:
@@ -103,9 +108,19 @@ def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup
         opt_state=optimizer.init(params),
         ema=jax.tree.map(jnp.copy, params),
     )
-    return Setup(graphdef, rest, optimizer), state
+    return Setup(graphdef, rest, optimizer, make_wrap(config)), state
+
+
+def make_wrap(config: Config) -> Callable[[Any], Any]:
+    """How the network becomes the ``model_fn`` of the loss and the samplers."""
+    if config.model.precondition == "edm":
+        return functools.partial(
+            edm_precondition, process=config.process, sigma_data=config.model.sigma_data
+        )
+    return lambda net: net
 
 
 def model_fn_from(setup: Setup, params: Any) -> ModelFn:
-    """The pure ``model_fn`` of the network with ``params`` (raw or EMA)."""
-    return ModelFn(setup.graphdef, (params, setup.rest))
+    """The pure ``model_fn`` of the network with ``params`` (raw or EMA), preconditioned as
+    the config says; a pytree that can be passed into ``jax.jit``."""
+    return setup.wrap(ModelFn(setup.graphdef, (params, setup.rest)))

@@ -230,3 +230,33 @@ def test_weight_decay_leaves_fourier_frequencies_fixed(tiny_state):
         np.asarray(params["time_embed"]["freqs"][...]),
         np.asarray(state.params["time_embed"]["freqs"][...]),
     )
+
+
+def test_edm_preconditioned_model_fn():
+    """With model.precondition='edm' the model_fn is D = c_skip y + c_out F(c_in y, log(s)/4),
+    computed here from EDM's table by hand, and it can be passed into jax.jit."""
+    from genflow.processes import EDM
+
+    config = dataclasses.replace(
+        TINY, process=EDM(),
+        model=dataclasses.replace(TINY.model, precondition="edm", sigma_data=0.8),
+        train=dataclasses.replace(TINY.train, prediction="x0", weighting="edm"),
+    )
+    setup, state = init_train_state(config, (2,))
+    params = jax.tree.map(lambda p: p + 0.1, state.params)
+    net = nnx.merge(setup.graphdef, params, setup.rest)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(16, 2)) * 5, jnp.float32)
+    t = jnp.linspace(0.05, 0.95, 16, dtype=jnp.float32)
+    sigma = np.asarray(EDM().marginal(t)[1])[:, None]  # alpha = 1 on the EDM path
+    var = sigma**2 + 0.8**2
+    raw = np.asarray(net(x / np.sqrt(var), jnp.asarray(0.25 * np.log(sigma[:, 0]))))
+    expected = 0.8**2 / var * np.asarray(x) + sigma * 0.8 / np.sqrt(var) * raw
+    got = jax.jit(lambda m, x, t: m(x, t))(model_fn_from(setup, params), x, t)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_edm_preconditioning_needs_x0_prediction():
+    from genflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.prediction=x0"):
+        dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, precondition="edm"))
