@@ -60,7 +60,87 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", default=None,
         help="output path; FILE.png and FILE.npz are written (default: WORKDIR/samples)",
     )
+    rf = sub.add_parser(
+        "reflow",
+        help="rectified flow's reflow: couple noise with the run's ODE samples, retrain on them",
+    )
+    rf.add_argument("--workdir", required=True, help="the trained run to reflow")
+    rf.add_argument("--out", required=True, help="the new run directory (pairs.npz is kept there)")
+    rf.add_argument("--pairs", type=int, default=50_000, help="number of (noise, sample) pairs")
+    rf.add_argument("--sampler", default="heun", help="ODE solver for the pairs (deterministic)")
+    rf.add_argument("--steps", type=int, default=100, help="solver steps for the pairs")
+    rf.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override the new run's config, e.g. --set train.num_steps=5000 (repeatable)",
+    )
+    rf.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    rf.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _prepare_reflow(args):
+    """Check everything before any compute: the run, the solver, the new directory."""
+    from genflow import config as cfg
+    from genflow.training import CONFIG_FILE, has_checkpoint
+
+    workdir, out = Path(args.workdir), Path(args.out)
+    if not (workdir / CONFIG_FILE).is_file() or not has_checkpoint(workdir / "checkpoints"):
+        raise UsageError(f"{workdir} is not a trained genflow run (no config.json or checkpoint).")
+    if out.resolve() == workdir.resolve():
+        raise UsageError("--out must be a new directory, not the run being reflowed.")
+    pairs_path = (out / "pairs.npz").resolve()
+    if (out / CONFIG_FILE).exists() and not pairs_path.is_file():
+        raise UsageError(f"{out} already holds a run that is not a reflow; choose a new --out.")
+    if args.pairs < 1 or args.steps < 1:
+        raise UsageError("--pairs and --steps must be positive.")
+    solver = cfg.make_solver(args.sampler)
+    if solver.stochastic:
+        raise UsageError(f"--sampler {args.sampler} is stochastic; reflow needs an ODE solver.")
+    config = cfg.load_config_json(workdir / CONFIG_FILE)
+    return config, solver, workdir, out, pairs_path
+
+
+def _run_reflow(args) -> int:
+    config, solver, workdir, out, pairs_path = _prepare_reflow(args)
+    import jax
+    import numpy as np
+
+    from genflow import config as cfg, samplers
+    from genflow.training import data_shape_of, model_fn_from, restore_run
+
+    if (out / "config.json").is_file():  # an interrupted reflow: keep its pairs, resume training
+        config = cfg.load_config_json(out / "config.json")
+        print(f"resuming the reflow in {out} (pairs: {pairs_path})")
+        return _train_until_done(config, out, fresh=False, progress=not args.no_progress)
+    _, setup, step, params = restore_run(workdir, weights="ema")
+    shape = data_shape_of(config)
+    chunk = min(args.pairs, 8192)
+
+    @jax.jit
+    def couple(model_fn, key):
+        x1 = config.process.prior_sample(key, (chunk, *shape))
+        x0 = samplers.sample(model_fn, config.process, solver, key=key, x_init=x1,
+                             prediction=config.train.prediction, num_steps=args.steps,
+                             t_end=config.sample.t_end).x
+        return x0, x1
+
+    print(f"coupling {args.pairs} noise draws with {args.sampler} x {args.steps} steps "
+          f"(checkpoint step {step})")
+    model_fn = model_fn_from(setup, params)
+    keys = jax.random.split(jax.random.key(args.seed), -(-args.pairs // chunk))
+    drawn = [jax.device_get(couple(model_fn, k)) for k in keys]
+    x0 = np.concatenate([d[0] for d in drawn])[: args.pairs]
+    x1 = np.concatenate([d[1] for d in drawn])[: args.pairs]
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = pairs_path.with_suffix(".tmp.npz")
+    np.savez(tmp, x0=x0, x1=x1)
+    tmp.replace(pairs_path)  # atomic: a crash never leaves a half-written pairs file
+    config = cfg.apply_overrides(config, [f"data.pairs={pairs_path}", *args.overrides])
+    print(f"wrote {pairs_path}; training the reflowed model in {out}")
+    code = _train_until_done(config, out, fresh=False, progress=not args.no_progress)
+    if code == 0:
+        print(f"sample with `genflow sample --workdir {out}`")
+    return code
 
 
 def _prepare_train(args):
@@ -78,11 +158,16 @@ def _prepare_train(args):
 
 def _run_train(args) -> int:
     config, workdir = _prepare_train(args)
+    print(f"training {type(config.process).__name__} on {config.data.name} in {workdir}")
+    return _train_until_done(config, workdir, fresh=args.fresh, progress=not args.no_progress)
+
+
+def _train_until_done(config, workdir: Path, *, fresh: bool, progress: bool) -> int:
+    """Train; on Ctrl-C or SIGTERM say where the checkpoint is and return 130."""
     from genflow.training import train
 
-    print(f"training {type(config.process).__name__} on {config.data.name} in {workdir}")
     try:
-        train(config, workdir, fresh=args.fresh, progress=not args.no_progress)
+        train(config, workdir, fresh=fresh, progress=progress)
     except KeyboardInterrupt as exc:
         saved = f"saved a checkpoint at step {exc.step}" if hasattr(exc, "step") else (
             "the last finished checkpoint is intact"
@@ -214,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "train":
             return _run_train(args)
+        if args.command == "reflow":
+            return _run_reflow(args)
         return _run_sample(args)
     except (UsageError, ConfigError) as exc:
         print(f"genflow: error: {exc}", file=sys.stderr)

@@ -127,10 +127,17 @@ class DataConfig:
     name: str = "checkerboard"
     batch_size: int = 512
     seed: int = 0
+    # A pairs file (.npz with x0 and x1, written by `genflow reflow`): train on these coupled
+    # (data, noise) pairs instead of `name` with independent noise. Empty: not used.
+    pairs: str = ""
 
     def __post_init__(self):
         _choose("data set", self.name, TOY_DATASETS)
         _positive("data", batch_size=self.batch_size)
+        if self.pairs and not Path(self.pairs).is_file():
+            raise ConfigError(
+                f"data.pairs file not found: {self.pairs}; write one with `genflow reflow`."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +336,8 @@ def make_solver(name: str, options: str = "") -> samplers.AbstractSolver:
     """The solver object for a fixed-grid sampler name, with its options."""
     if name in ADAPTIVE_SAMPLERS:
         raise ConfigError(f"{name} is an adaptive-step sampler, not a solver object.")
-    return SOLVERS[name](**sampler_options(name, options))
+    options_ = sampler_options(name, options)  # checks the name first
+    return SOLVERS[name](**options_)
 
 
 def make_weighting(name: str) -> losses.AbstractWeighting:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from genflow.prediction import Prediction, from_x0_eps, to_x0_eps
-from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
+from genflow.processes._base import AbstractGaussianPath, broadcast_to_data, pytree_dataclass
 
 
 class AbstractWeighting(abc.ABC):
@@ -106,6 +106,7 @@ def denoising_loss(
     t_min: float = 1e-5,
     t_max: float = 1.0,
     cond: Array | None = None,
+    eps: Array | None = None,
 ) -> Float[Array, ""]:
     """Monte-Carlo denoising loss on one batch.
 
@@ -119,6 +120,8 @@ def denoising_loss(
         your own).
       t_min, t_max: times are drawn uniformly from ``[t_min, t_max]``.
       cond: optional conditioning passed through to ``model_fn``.
+      eps: the noise-end points tied to ``x0`` (coupled pairs, e.g. rectified flow's
+        reflow); drawn independently from ``N(0, I)`` when ``None``.
 
     Returns:
       The scalar loss.
@@ -128,7 +131,13 @@ def denoising_loss(
     t = jax.random.uniform(
         key_t, (x0.shape[0],), dtype=x0.dtype, minval=t_min, maxval=t_max
     )
-    x_t, eps = process.sample_xt(key_eps, x0, t)
+    if eps is None:
+        x_t, eps = process.sample_xt(key_eps, x0, t)
+    else:
+        alpha, sigma = process.marginal(t)
+        x_t = (broadcast_to_data(alpha, x0) * x0 + broadcast_to_data(sigma, x0) * eps).astype(
+            x0.dtype
+        )
     pred = model_fn(x_t, t, cond)
     return jnp.mean(weighting.per_example(process, kind, pred, x0, eps, x_t, t))
 

@@ -233,3 +233,20 @@ def test_edm_weighting_closed_form():
     s = sigma / alpha
     ref = np.mean((s**2 + sd**2) / (s * sd) ** 2 * np.mean((0.5 * x + 0.1 - X0) ** 2, axis=1))
     np.testing.assert_allclose(loss, ref, rtol=1e-9)
+
+
+def test_coupled_noise_is_used_as_given():
+    """With eps given (reflow pairs), x_t = alpha x0 + sigma eps with that eps."""
+    name = "linear"
+    eps = np.random.default_rng(9).normal(size=X0.shape)
+    seen = {}
+
+    def model_fn(x, t, cond=None):
+        seen["x"], seen["t"] = np.asarray(x), np.asarray(t)
+        return jnp.zeros_like(x)
+
+    loss = float(denoising_loss(model_fn, PROCESSES[name], X0, key=jax.random.key(1),
+                                prediction="eps", eps=jnp.asarray(eps)))
+    alpha, sigma, *_ = (c[:, None] for c in coefs(name, seen["t"]))
+    np.testing.assert_allclose(seen["x"], alpha * X0 + sigma * eps, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loss, np.mean(eps**2), rtol=1e-12)

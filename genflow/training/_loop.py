@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from genflow import losses
 from genflow.config import Config, ConfigError, config_to_dict, load_config_json, make_weighting, save_config
-from genflow.data import ToyBatches
+from genflow.data import PairBatches, ToyBatches, load_pairs
 from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
 from genflow.training.checkpoint import Checkpointer
 
@@ -81,6 +81,8 @@ class _StopRequest:
 
 def data_shape_of(config: Config) -> tuple[int, ...]:
     """Shape of one training example of ``config.data``."""
+    if config.data.pairs:
+        return tuple(load_pairs(config.data.pairs)[0].shape[1:])
     return tuple(ToyBatches(config.data.name, 1, config.data.seed).batch(0).shape[1:])
 
 
@@ -106,6 +108,7 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
             weighting=weighting,
             t_min=tc.t_min,
             cond=batch.get("cond"),
+            eps=batch.get("eps"),
         )
 
     def one_step(state: TrainState, batch):
@@ -185,7 +188,13 @@ def train(
     save_config(config, workdir / CONFIG_FILE)
 
     tc = config.train
-    data = ToyBatches(config.data.name, config.data.batch_size, config.data.seed)
+    dc = config.data
+    if dc.pairs:
+        pairs = PairBatches.from_file(dc.pairs, dc.batch_size, dc.seed)
+        next_batches = lambda step, k: pairs.batches(step, k)  # noqa: E731
+    else:
+        toy = ToyBatches(dc.name, dc.batch_size, dc.seed)
+        next_batches = lambda step, k: {"x": toy.batches(step, k)}  # noqa: E731
     setup, state = init_train_state(config, data_shape_of(config))
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=tc.keep_checkpoints)
     start = ckpt.latest_step()
@@ -207,7 +216,7 @@ def train(
             while step < tc.num_steps:
                 # End chunks on multiples of steps_per_dispatch (and at num_steps).
                 k = min(tc.steps_per_dispatch - step % tc.steps_per_dispatch, tc.num_steps - step)
-                batches = {"x": jnp.asarray(data.batches(step, k))}
+                batches = jax.tree.map(jnp.asarray, next_batches(step, k))
                 state, metrics = chunk(state, batches)
                 prev, step = step, step + k
                 bar.update(k)

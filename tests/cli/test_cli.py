@@ -268,3 +268,36 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resumes(tmp_path):
     done = genflow(*args, *sets(*TINY, f"train.num_steps={latest + 20}", "train.checkpoint_every=20"))
     assert done.returncode == 0, done.stderr
     assert f"resuming from step {latest}" in done.stdout
+
+
+def test_reflow_couples_noise_with_the_ode_and_retrains(capsys, trained_run, tmp_path):
+    """The pairs are (x1 from the prior, x0 = the run's ODE solution from x1), and the new run
+    trains on them; bad input is refused before any compute."""
+    import jax
+
+    from genflow import samplers
+    from genflow.training import model_fn_from, restore_run
+
+    out = tmp_path / "reflowed"
+    base = ("reflow", "--workdir", str(trained_run), "--no-progress")
+    assert_usage_error(run_main(capsys, *base, "--out", str(out), "--sampler", "euler_maruyama"),
+                       "stochastic")
+    assert_usage_error(run_main(capsys, *base, "--out", str(trained_run)), "new directory")
+    assert_usage_error(run_main(capsys, *base, "--out", str(out), "--sampler", "rk4"), "rk4")
+    assert not out.exists()
+    proc = run_main(capsys, *base, "--out", str(out), "--pairs", "300", "--steps", "6",
+                    "--set", "train.num_steps=20", "--set", "train.checkpoint_every=10")
+    assert proc.returncode == 0, proc.stderr
+    pairs = np.load(out / "pairs.npz")
+    x0, x1 = pairs["x0"], pairs["x1"]
+    assert x0.shape == x1.shape == (300, 2) and np.all(np.isfinite(x0))
+    config, setup, _, params = restore_run(trained_run)
+    again = samplers.sample(model_fn_from(setup, params), config.process, samplers.Heun(),
+                            key=jax.random.key(0), x_init=x1, prediction="eps", num_steps=6,
+                            t_end=config.sample.t_end).x
+    np.testing.assert_allclose(np.asarray(again), x0, rtol=1e-4, atol=1e-4)
+    assert abs(float(np.std(x1)) - 1.0) < 0.15  # the prior's draws
+    new_config = json.loads((out / "config.json").read_text())
+    assert new_config["data"]["pairs"] == str((out / "pairs.npz").resolve())
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 20
