@@ -7,13 +7,26 @@ from genflow.processes._base import (
 )
 from genflow.processes._edm import (
     EDM as EDM,
+    EDMPreconditioned as EDMPreconditioned,
     edm_coefficients as edm_coefficients,
     edm_loss_weight as edm_loss_weight,
     edm_precondition as edm_precondition,
 )
+from genflow.processes._gbm import (
+    GeometricBrownianMotion as GeometricBrownianMotion,
+    from_positive as from_positive,
+    sample_gbm as sample_gbm,
+    to_positive as to_positive,
+)
+from genflow.processes._gbm_loss import gbm_score_loss as gbm_score_loss
 from genflow.processes._interpolants import (
     GaussianInterpolant as GaussianInterpolant,
     RectifiedFlow as RectifiedFlow,
+)
+from genflow.processes._kinetic_optimal import (
+    KineticOptimalPath as KineticOptimalPath,
+    data_separation as data_separation,
+    kinetic_energy as kinetic_energy,
 )
 from genflow.processes._subvp import SubVP as SubVP
 from genflow.processes._ve import VE as VE
@@ -23,14 +36,23 @@ __all__ = [
     "AbstractForwardSDE",
     "AbstractGaussianPath",
     "EDM",
+    "EDMPreconditioned",
     "GaussianInterpolant",
+    "GeometricBrownianMotion",
+    "KineticOptimalPath",
     "RectifiedFlow",
     "SubVP",
     "VE",
     "VPCosine",
     "VPLinear",
     "broadcast_to_data",
+    "data_separation",
     "edm_coefficients",
     "edm_loss_weight",
     "edm_precondition",
+    "from_positive",
+    "gbm_score_loss",
+    "kinetic_energy",
+    "sample_gbm",
+    "to_positive",
 ]

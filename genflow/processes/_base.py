@@ -69,8 +69,15 @@ def pytree_dataclass(cls=None, *, static: tuple[str, ...] = ()):
 
 
 def as_float_array(t: ArrayLike) -> Array:
-    """``t`` as an array of at least float32 precision (float64 stays float64)."""
-    return jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
+    """``t`` as an array of at least float32 precision (float64 stays float64).
+
+    Python numbers and other weakly typed values get the default float type (float64 under
+    ``jax_enable_x64``), not float32: ``process.marginal(0.5)`` is computed in float64 there.
+    """
+    t = jnp.asarray(t)
+    if t.weak_type or not jnp.issubdtype(t.dtype, jnp.floating):
+        return t.astype(jnp.result_type(float))
+    return t.astype(jnp.result_type(t.dtype, jnp.float32))
 
 
 def broadcast_to_data(coef: ArrayLike, x: Array) -> Array:
