@@ -51,6 +51,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from genflow.processes._base import (
@@ -81,6 +82,19 @@ def _check_range(low: Any, high: Any) -> None:
         raise ValueError(
             f"The positive range needs 0 < low < high, got low={low}, high={high}; "
             "pick e.g. low=1.0, high=2.0 (the authors' images + 1) or low=c, high=1 - c."
+        )
+
+
+def check_positive(x0: ArrayLike) -> None:
+    """Refuse data that are not strictly positive (checked when ``x0`` is concrete)."""
+    try:
+        low = float(np.min(np.asarray(x0)))
+    except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return  # traced inside jit: the caller owns it
+    if not low > 0:
+        raise ValueError(
+            f"geometric Brownian motion needs strictly positive data, got a minimum of {low}; "
+            "map data in [-1, 1] with to_positive(x) (and back with from_positive)."
         )
 
 
@@ -168,6 +182,7 @@ class GeometricBrownianMotion(AbstractForwardSDE):
         Exact in law for every ``t >= 0``; ``x_t = x0`` at ``t = 0``. ``t`` is a scalar or
         has shape ``(b,)``; ``x0`` must be positive.
         """
+        check_positive(x0)
         z = jax.random.normal(key, x0.shape, x0.dtype)
         t = broadcast_to_data(_time_like(t, x0), x0)
         log_gain = (self.mu - 0.5 * self.sigma**2) * t + self.sigma * jnp.sqrt(t) * z

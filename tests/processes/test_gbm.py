@@ -399,3 +399,12 @@ def test_loss_is_minimised_by_the_exact_marginal_score(weighting):
     assert abs(at_exact.mean()) < 4 * at_exact.std() / math.sqrt(at_exact.size)
     off = np.asarray(loss_slopes(batches, keys, 0.3, weighting))
     assert off.mean() > 4 * off.std() / math.sqrt(off.size)
+
+
+def test_non_positive_data_is_refused():
+    process = GeometricBrownianMotion()
+    bad = jnp.asarray([[0.5, 1.0], [0.0, 2.0]])
+    with pytest.raises(ValueError, match="strictly positive.*to_positive"):
+        process.sample_xt(jax.random.key(0), bad, jnp.asarray([0.5, 0.5]))
+    with pytest.raises(ValueError, match="strictly positive"):
+        gbm_score_loss(lambda x, t, c=None: x, process, -bad, key=jax.random.key(0))

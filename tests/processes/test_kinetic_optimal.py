@@ -261,3 +261,10 @@ assert float(jnp.max(jnp.abs(p.t_from_log_snr(lam) - t))) < 2e-6
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_fewer_than_two_points_is_a_clear_error():
+    with pytest.raises(ValueError, match="n >= 2 points"):
+        KineticOptimalPath.from_data(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="n >= 2 points"):
+        data_separation(np.ones((1, 3)), np.array([1.0]))
