@@ -28,6 +28,12 @@ from genflow.processes._kinetic_optimal import (
     data_separation as data_separation,
     kinetic_energy as kinetic_energy,
 )
+from genflow.processes._stochastic_interpolant import (
+    StochasticInterpolant as StochasticInterpolant,
+    interpolant_ode as interpolant_ode,
+    interpolant_sde as interpolant_sde,
+    interpolant_loss as interpolant_loss,
+)
 from genflow.processes._subvp import SubVP as SubVP
 from genflow.processes._ve import VE as VE
 from genflow.processes._vp import VPCosine as VPCosine, VPLinear as VPLinear
@@ -41,6 +47,7 @@ __all__ = [
     "GeometricBrownianMotion",
     "KineticOptimalPath",
     "RectifiedFlow",
+    "StochasticInterpolant",
     "SubVP",
     "VE",
     "VPCosine",
@@ -52,6 +59,9 @@ __all__ = [
     "edm_precondition",
     "from_positive",
     "gbm_score_loss",
+    "interpolant_ode",
+    "interpolant_sde",
+    "interpolant_loss",
     "kinetic_energy",
     "sample_gbm",
     "to_positive",
