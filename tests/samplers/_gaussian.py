@@ -53,6 +53,12 @@ NFE_PER_STEP = {
     "edm_churn": 2,
 }
 
+def fit_order(steps, errors):
+    """The convergence order: minus the slope of log(error) against log(steps)."""
+    slope, _ = np.polyfit(np.log(steps), np.log(errors), 1)
+    return -slope
+
+
 # 2-D Gaussian data, different mean and variance per dimension (v != 1: not a fixed point of VP).
 M = np.array([0.8, -0.5])
 VAR = np.array([0.2, 2.5])

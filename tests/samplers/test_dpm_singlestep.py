@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from _gaussian import (
+    fit_order,
     MIX_M,
     M,
     PROCESSES,
@@ -46,10 +47,6 @@ T_START, T_END = 1.0, 1e-3
 ALGORITHMS = ["dpmsolver", "dpmsolver++"]
 VARIANTS = ["midpoint", "taylor"]
 GRIDS = {"log_snr": log_snr_uniform, "uniform": uniform, "quadratic": quadratic}
-
-
-def fit_order(steps, errors):
-    return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
 
 
 # --------------------------------------------------------------------------- order schedule

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from _gaussian import (
+    fit_order,
     KINDS,
     MIX_M,
     M,
@@ -38,11 +39,6 @@ from genflow.samplers._dpm_solver import DPMSolverMultistep
 
 T_START, T_END = 1.0, 1e-3
 ALGORITHMS = ["dpmsolver", "dpmsolver++"]
-
-
-def fit_order(steps, errors):
-    slope, _ = np.polyfit(np.log(steps), np.log(errors), 1)
-    return -slope
 
 
 def log_snr_grid(name, steps):

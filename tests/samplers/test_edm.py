@@ -7,17 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _gaussian import PROCESSES, X1, exact_flow, gaussian_model, log_snr, t_from_log_snr
+from _gaussian import (
+    PROCESSES,
+    X1,
+    exact_flow,
+    fit_order,
+    gaussian_model,
+    log_snr,
+    t_from_log_snr,
+)
 from genflow.samplers import Denoiser, sample
 from genflow.samplers._edm import EDMHeun
 from vp_closed_forms import coefs
 
 T_START, T_END = 1.0, 1e-3
-
-
-def fit_order(steps, errors):
-    slope, _ = np.polyfit(np.log(steps), np.log(errors), 1)
-    return -slope
 
 
 def padded(ts, n_max):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from _gaussian import (
+    fit_order,
     KINDS,
     MIX_M,
     M,
@@ -42,11 +43,6 @@ from genflow.processes import VPLinear
 from genflow.samplers import DDIM, Euler, EulerMaruyama, Heun, sample
 
 T_START, T_END = 1.0, 1e-3
-
-
-def fit_order(steps, errors):
-    slope, _ = np.polyfit(np.log(steps), np.log(errors), 1)
-    return -slope
 
 
 def grid(kind, name, steps):
