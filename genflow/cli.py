@@ -40,8 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sa.add_argument(
         "--sampler", default=None,
         help="sampler name: euler, heun, ddim, euler_maruyama, pc, edm_heun, "
-        "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), dpm_solver_adaptive, ode_adaptive "
-        "(default: the config's)",
+        "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), dpm_solver_adaptive, ode_adaptive; "
+        "for stochastic interpolants interpolant_heun, interpolant_euler, interpolant_sde; for "
+        "GBM gbm_exponential, gbm_euler_maruyama (default: the config's)",
     )
     sa.add_argument(
         "--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -53,6 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--threshold", type=float, default=None, metavar="QUANTILE",
                     help="dynamic thresholding of x0_hat at this quantile, e.g. 0.995 (0: off)")
     sa.add_argument("--grid", default=None, help="time grid: uniform, log_snr, quadratic, karras")
+    sa.add_argument("--t-start", type=float, default=None,
+                    help="start of the time grid (default 1; e.g. 0.999 for a log-SNR grid on a "
+                    "path whose log-SNR is infinite at t = 1, such as rectified flow)")
     sa.add_argument("--num", type=int, default=None, help="number of samples")
     sa.add_argument("--seed", type=int, default=None, help="random seed")
     sa.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
@@ -97,6 +101,11 @@ def _prepare_reflow(args):
     if solver.stochastic:
         raise UsageError(f"--sampler {args.sampler} is stochastic; reflow needs an ODE solver.")
     config = cfg.load_config_json(workdir / CONFIG_FILE)
+    if cfg.process_family(config.process) != "gaussian":
+        raise UsageError(
+            f"reflow couples noise with samples of a Gaussian path; {workdir} trains "
+            f"{cfg.process_name(config.process)}."
+        )
     return config, solver, workdir, out, pairs_path
 
 
@@ -197,16 +206,19 @@ def _prepare_sample(args):
     changes = {
         "sampler": args.sampler, "num_steps": args.steps, "grid": args.grid,
         "num_samples": args.num, "seed": args.seed, "threshold": args.threshold,
+        "t_start": args.t_start,
     }
     if args.options or (args.sampler not in (None, config.sample.sampler)):
         # The config's options belong to the config's sampler.
         same = args.sampler in (None, config.sample.sampler)
         base = [config.sample.solver_options] if same and config.sample.solver_options else []
         changes["solver_options"] = ",".join(base + args.options)
-    flag = {"num_steps": "--steps", "num_samples": "--num", "threshold": "--threshold"}
+    flag = {"num_steps": "--steps", "num_samples": "--num", "threshold": "--threshold",
+            "t_start": "--t-start"}
     changes = {k: v for k, v in changes.items() if v is not None}
     try:
         sample_config = dataclasses.replace(config.sample, **changes)
+        config = dataclasses.replace(config, sample=sample_config)
     except cfg.ConfigError as exc:
         msg = str(exc)
         for field, name in flag.items():
@@ -218,7 +230,7 @@ def _prepare_sample(args):
             f"`genflow train --workdir {workdir} ...`."
         )
     out = Path(args.out) if args.out else workdir / "samples"
-    return dataclasses.replace(config, sample=sample_config), workdir, out
+    return config, workdir, out
 
 
 def _run_sample(args) -> int:
@@ -226,50 +238,22 @@ def _run_sample(args) -> int:
     import jax
     import numpy as np
 
-    from genflow import samplers
-    from genflow.config import ADAPTIVE_SAMPLERS, GRIDS, make_solver, sampler_options
-    from genflow.data import sample_toy
     from genflow.metrics import sliced_wasserstein2, sliced_wasserstein2_floor
     from genflow.plotting import scatter_png
-    from genflow.training import data_shape_of, model_fn_from, restore_run
+    from genflow.training import make_sampling, model_fn_from, reference_data, restore_run
 
-    _, setup, step, params = restore_run(workdir, weights=args.weights)
     sc = config.sample
-    data_shape = data_shape_of(config)
-    common = dict(
-        key=None, shape=(sc.num_samples, *data_shape), prediction=config.train.prediction,
-        t_end=sc.t_end,
-    )
-    thresholding = samplers.DynamicThresholding(ratio=sc.threshold) if sc.threshold else None
-    if sc.sampler in ADAPTIVE_SAMPLERS:
-        fn = ADAPTIVE_SAMPLERS[sc.sampler][0]
-        options = sampler_options(sc.sampler, sc.solver_options)
-        if thresholding is not None:
-            if sc.sampler != "dpm_solver_adaptive":
-                raise UsageError(f"--threshold is not available with {sc.sampler}.")
-            options["thresholding"] = thresholding
-        run = lambda model_fn, key: fn(model_fn, config.process, **(common | {"key": key}),  # noqa: E731
-                                       **options)
-        what = f"{sc.sampler} (adaptive steps)"
-    else:
-        solver = make_solver(sc.sampler, sc.solver_options)
-        run = lambda model_fn, key: samplers.sample(  # noqa: E731
-            model_fn, config.process, solver, **(common | {"key": key}),
-            num_steps=sc.num_steps, grid=GRIDS[sc.grid], thresholding=thresholding,
-        )
-        what = f"{sc.sampler}, {sc.num_steps} steps ({sc.grid} grid)"
-
-    @jax.jit
-    def draw(model_fn, key):
-        result = run(model_fn, key)
-        return result.x, result.nfe
+    initial, run, what = make_sampling(config)
+    draw = jax.jit(run)
+    _, setup, step, params = restore_run(workdir, weights=args.weights)
 
     options_text = f" [{sc.solver_options}]" if sc.solver_options else ""
     print(
         f"sampling {sc.num_samples} points with {what}{options_text} "
         f"({args.weights} weights, checkpoint step {step})"
     )
-    x, nfe = draw(model_fn_from(setup, params), jax.random.key(sc.seed))
+    x, nfe = draw(model_fn_from(setup, params), jax.random.key(sc.seed),
+                  initial(sc.num_samples, sc.seed))
     x = np.asarray(jax.device_get(x))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -277,7 +261,7 @@ def _run_sample(args) -> int:
         solver_options=sc.solver_options, num_steps=sc.num_steps, grid=sc.grid, step=step,
     )
     # Fresh data, from seeds that training never used.
-    fresh = lambda num, seed: sample_toy(config.data.name, num, seed=[2**31 - 1, seed])  # noqa: E731
+    fresh = lambda num, seed: reference_data(config, num, seed)  # noqa: E731
     reference = fresh(sc.num_samples, sc.seed)
     scatter_png(out.with_suffix(".png"), x, reference, title=f"{config.data.name}: {sc.sampler}")
     sw2 = sliced_wasserstein2(x, reference)

@@ -24,9 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
+
 from genflow import losses, processes, samplers
 from genflow.data import TOY_DATASETS
 from genflow.prediction import Prediction
+from genflow.processes._stochastic_interpolant import GAMMAS as STOCHASTIC_GAMMAS
 from genflow.samplers._dpm_solver import check_options as check_dpm_options
 
 
@@ -44,6 +48,9 @@ PROCESSES: dict[str, type] = {
     "edm": processes.EDM,
     "rectified_flow": processes.RectifiedFlow,
     "interpolant": processes.GaussianInterpolant,
+    "kinetic_optimal": processes.KineticOptimalPath,
+    "stochastic_interpolant": processes.StochasticInterpolant,
+    "gbm": processes.GeometricBrownianMotion,
 }
 SOLVERS: dict[str, Callable[[], samplers.AbstractSolver]] = {
     "euler": samplers.Euler,
@@ -82,7 +89,15 @@ ADAPTIVE_SAMPLERS: dict[str, tuple[Callable[..., samplers.SampleResult], tuple[s
     ),
     "ode_adaptive": (samplers.sample_adaptive, ("solver", "rtol", "atol", "max_steps")),
 }
-SAMPLER_NAMES = (*SOLVERS, *ADAPTIVE_SAMPLERS)
+# Samplers of the processes that are not Gaussian paths: name -> (family, {option: type}).
+PROCESS_SAMPLERS: dict[str, tuple[str, dict[str, type]]] = {
+    "interpolant_heun": ("interpolant", {}),
+    "interpolant_euler": ("interpolant", {}),
+    "interpolant_sde": ("interpolant", {"epsilon": float}),
+    "gbm_exponential": ("gbm", {}),
+    "gbm_euler_maruyama": ("gbm", {}),
+}
+SAMPLER_NAMES = (*SOLVERS, *ADAPTIVE_SAMPLERS, *PROCESS_SAMPLERS)
 GRIDS = {
     "uniform": samplers.uniform,
     "log_snr": samplers.log_snr_uniform,
@@ -98,6 +113,26 @@ MODELS = ("mlp",)
 PRECONDITIONINGS = ("none", "edm")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 LR_DECAYS = ("cosine", "constant")
+
+
+# What the network predicts (train.prediction) and how the loss is weighted, per family.
+# Stochastic interpolants learn one or two fields ("drift+noise", see genflow.training);
+# GBM networks predict the noise of log x ("eps") or the score itself ("score").
+INTERPOLANT_PREDICTIONS = ("b", "v", "b+eta", "b+s", "v+eta", "v+s")
+GBM_PREDICTIONS = ("eps", "score")
+GBM_WEIGHTINGS = ("uniform", "paper")
+
+
+def process_family(process: Any) -> str:
+    """``"gaussian"`` (a Gaussian path: every sampler of :mod:`genflow.samplers`),
+    ``"interpolant"`` (a stochastic interpolant between two data sets) or ``"gbm"``."""
+    if isinstance(process, processes.AbstractGaussianPath):
+        return "gaussian"
+    if isinstance(process, processes.StochasticInterpolant):
+        return "interpolant"
+    if isinstance(process, processes.GeometricBrownianMotion):
+        return "gbm"
+    raise ConfigError(f"{type(process).__name__} is not a process genflow can train.")
 
 
 def _choose(kind: str, value: str, names) -> None:
@@ -130,10 +165,17 @@ class DataConfig:
     # A pairs file (.npz with x0 and x1, written by `genflow reflow`): train on these coupled
     # (data, noise) pairs instead of `name` with independent noise. Empty: not used.
     pairs: str = ""
+    # The data set at t = 1 of a stochastic interpolant between two data sets (e.g.
+    # "8gaussians" -> name "checkerboard"); empty: N(0, I). Only for stochastic_interpolant.
+    source: str = ""
+    # Training points are data points times `scale`; samples are divided by it again.
+    scale: float = 1.0
 
     def __post_init__(self):
         _choose("data set", self.name, TOY_DATASETS)
-        _positive("data", batch_size=self.batch_size)
+        if self.source:
+            _choose("source data set", self.source, TOY_DATASETS)
+        _positive("data", batch_size=self.batch_size, scale=self.scale)
         if self.pairs and not Path(self.pairs).is_file():
             raise ConfigError(
                 f"data.pairs file not found: {self.pairs}; write one with `genflow reflow`."
@@ -199,8 +241,7 @@ class TrainConfig:
         )
         _non_negative("train", warmup_steps=self.warmup_steps, weight_decay=self.weight_decay)
         _choose("learning-rate decay", self.lr_decay, LR_DECAYS)
-        _choose("prediction kind", self.prediction, [p.value for p in Prediction])
-        _choose("loss weighting", self.weighting, tuple(WEIGHTINGS))
+        # prediction and weighting depend on the process: checked by Config.
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}.")
         if not 0.0 <= self.t_min < 1.0:
@@ -222,6 +263,9 @@ class SampleConfig:
     grid: str = "uniform"
     num_samples: int = 4096
     t_end: float = 1e-3
+    # Start of the time grid: 1.0, or just below where the path's log-SNR is infinite at t = 1
+    # (rectified flow) and a log-SNR grid or the reverse SDE is used.
+    t_start: float = 1.0
     seed: int = 0
     # The sampler's own options as "key=value,key=value", e.g. "variant=taylor" or
     # "rtol=1e-3,order=2"; see `genflow sample --help`.
@@ -249,13 +293,19 @@ class SampleConfig:
         _positive("sample", num_steps=self.num_steps, num_samples=self.num_samples)
         if not 0.0 <= self.t_end < 1.0:
             raise ConfigError(f"sample.t_end must lie in [0, 1), got {self.t_end}.")
+        if not self.t_end < self.t_start <= 1.0:
+            raise ConfigError(
+                f"sample.t_start must lie in (sample.t_end, 1], got {self.t_start} "
+                f"(t_end {self.t_end})."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment. ``process`` is a process object, e.g. ``VPLinear()``."""
 
-    process: processes.AbstractGaussianPath = processes.VPLinear()
+    # A Gaussian path, a StochasticInterpolant or a GeometricBrownianMotion (see PROCESSES).
+    process: Any = processes.VPLinear()
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -263,15 +313,84 @@ class Config:
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
 
     def __post_init__(self):
-        if self.model.precondition == "edm" and self.train.prediction != "x0":
-            raise ConfigError(
-                "model.precondition='edm' makes the network predict x0; set "
-                f"train.prediction=x0 (got {self.train.prediction!r})."
-            )
         if type(self.process) not in PROCESSES.values():
             raise ConfigError(
                 f"process must be one of {', '.join(c.__name__ for c in PROCESSES.values())}, "
                 f"got {type(self.process).__name__}."
+            )
+        family = process_family(self.process)
+        name = process_name(self.process)
+        tc, sc = self.train, self.sample
+        predictions = {
+            "gaussian": tuple(p.value for p in Prediction),
+            "interpolant": INTERPOLANT_PREDICTIONS,
+            "gbm": GBM_PREDICTIONS,
+        }[family]
+        weightings = {"gaussian": tuple(WEIGHTINGS), "interpolant": ("uniform",),
+                      "gbm": GBM_WEIGHTINGS}[family]
+        if tc.prediction not in predictions:
+            raise ConfigError(
+                f"train.prediction={tc.prediction!r} does not fit process {name}; "
+                f"choose one of: {', '.join(predictions)}."
+            )
+        if tc.weighting not in weightings:
+            raise ConfigError(
+                f"train.weighting={tc.weighting!r} does not fit process {name}; "
+                f"choose one of: {', '.join(weightings)}."
+            )
+        if self.model.precondition == "edm" and (family != "gaussian" or tc.prediction != "x0"):
+            raise ConfigError(
+                "model.precondition='edm' makes the network of a Gaussian path predict x0; set "
+                f"train.prediction=x0 (got {tc.prediction!r} for process {name})."
+            )
+        samplers_ = {
+            "gaussian": (*SOLVERS, *ADAPTIVE_SAMPLERS),
+            **{f: tuple(k for k, v in PROCESS_SAMPLERS.items() if v[0] == f)
+               for f in ("interpolant", "gbm")},
+        }[family]
+        if sc.sampler not in samplers_:
+            raise ConfigError(
+                f"sample.sampler={sc.sampler!r} cannot sample process {name}; "
+                f"choose one of: {', '.join(samplers_)}."
+            )
+        if self.data.source and family != "interpolant":
+            raise ConfigError(
+                f"data.source={self.data.source!r} is the t = 1 data set of a "
+                f"stochastic_interpolant; process {name} starts from its own prior: leave it empty."
+            )
+        if family == "interpolant":
+            self._check_interpolant()
+        if self.data.pairs and family != "gaussian":
+            raise ConfigError(f"data.pairs (reflow) needs a Gaussian path, not process {name}.")
+
+    def _check_interpolant(self) -> None:
+        process, tc, sc = self.process, self.train, self.sample
+        if self.data.source and process.one_sided:
+            raise ConfigError(
+                f"interpolant {process.interpolant!r} is one-sided (its t = 1 end is N(0, I)); "
+                "leave data.source empty or use a two-sided interpolant such as 'linear'."
+            )
+        fields = tc.prediction.split("+")
+        zero_gamma = not process.one_sided and process.gamma_schedule == "zero"
+        if len(fields) == 2 and zero_gamma:
+            raise ConfigError(
+                f"train.prediction={tc.prediction!r} learns a score, but gamma='zero' leaves no "
+                "noise to learn it from; use train.prediction=b, or a gamma such as 'sqrt'."
+            )
+        if fields == ["v"] and not (zero_gamma or process.one_sided):
+            raise ConfigError(
+                "train.prediction='v' alone does not give the drift b = v + gamma' eta when "
+                "gamma != 0; use train.prediction=b or v+eta."
+            )
+        if tc.t_min <= 0.0:
+            raise ConfigError(
+                "stochastic interpolants train on t in [train.t_min, 1 - train.t_min], where the "
+                "score and (for gamma='sqrt') the drift are finite; set train.t_min > 0, e.g. 1e-3."
+            )
+        if sc.sampler == "interpolant_sde" and len(fields) == 1:
+            raise ConfigError(
+                "interpolant_sde needs a score or denoiser field besides the drift; train with "
+                "train.prediction=b+eta (or b+s), or sample with interpolant_heun."
             )
 
 
@@ -291,6 +410,8 @@ def _option_types(name: str) -> dict[str, Any]:
         fn, options = ADAPTIVE_SAMPLERS[name]
         hints = typing.get_type_hints(fn)
         return {o: hints[o] for o in options}
+    if name in PROCESS_SAMPLERS:
+        return dict(PROCESS_SAMPLERS[name][1])
     factory = SOLVERS[name]
     cls = factory.func if isinstance(factory, functools.partial) else factory
     fixed = factory.keywords if isinstance(factory, functools.partial) else {}
@@ -334,8 +455,9 @@ def sampler_options(name: str, text: str) -> dict[str, Any]:
 
 def make_solver(name: str, options: str = "") -> samplers.AbstractSolver:
     """The solver object for a fixed-grid sampler name, with its options."""
-    if name in ADAPTIVE_SAMPLERS:
-        raise ConfigError(f"{name} is an adaptive-step sampler, not a solver object.")
+    _choose("sampler", name, SAMPLER_NAMES)
+    if name not in SOLVERS:
+        raise ConfigError(f"{name} is not a fixed-grid solver of a Gaussian path.")
     options_ = sampler_options(name, options)  # checks the name first
     return SOLVERS[name](**options_)
 
@@ -375,7 +497,7 @@ def config_to_dict(config: Config) -> dict:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if field.name == "process":
-            out["process"] = {"name": process_name(value), **dataclasses.asdict(value)}
+            out["process"] = {"name": process_name(value), **_process_fields(value)}
         else:
             out[field.name] = dataclasses.asdict(value)
     return out
@@ -392,7 +514,7 @@ def config_from_dict(d: dict) -> Config:
             value = dict(value)
             name = value.pop("name", None)
             _choose("process", name, tuple(PROCESSES))
-            kwargs[key] = _build(PROCESSES[name], value, "process")
+            kwargs[key] = _make_process(PROCESSES[name], value)
         else:
             kwargs[key] = _build(section_types[key], value, key)
     return Config(**kwargs)
@@ -407,40 +529,55 @@ def load_config_json(path: str | Path) -> Config:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings (or ``process=NAME``) in order."""
+    """Apply ``section.field=value`` strings (or ``process=NAME``) in order.
+
+    Each section is checked as it changes; the whole config (which prediction, sampler and
+    data fit which process) once all overrides are in, so that ``--set process=gbm --set
+    train.prediction=eps`` works in either order.
+    """
+    sections = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}.")
         key, raw = item.split("=", 1)
         key, raw = key.strip(), raw.strip()
         parts = key.split(".")
-        section_types = _section_types()
-        if parts[0] not in section_types:
+        if parts[0] not in sections:
             raise ConfigError(
                 f"unknown config key {key!r}: no section {parts[0]!r}; "
-                f"sections: {', '.join(section_types)}."
+                f"sections: {', '.join(sections)}."
             )
         if parts[0] == "process" and len(parts) == 1:
             _choose("process", raw, tuple(PROCESSES))
-            config = dataclasses.replace(config, process=PROCESSES[raw]())
+            try:
+                sections["process"] = PROCESSES[raw]()
+            except TypeError:
+                raise ConfigError(
+                    f"process {raw} has no default settings (it is fitted to data); build it in "
+                    "a config file, as configs/toy_checkerboard_ko.py does."
+                ) from None
             continue
         if len(parts) != 2:
             raise ConfigError(f"config keys look like section.field, got {key!r}.")
-        section = getattr(config, parts[0])
-        hints = _field_types(type(section))
+        section = sections[parts[0]]
+        is_process = parts[0] == "process"
+        hints = _process_types(type(section)) if is_process else _field_types(type(section))
         if parts[1] not in hints:
             raise ConfigError(
                 f"unknown config key {key!r}; fields of {parts[0]}: {', '.join(hints)}."
             )
         value = _parse(raw, hints[parts[1]], key)
         try:
-            section = dataclasses.replace(section, **{parts[1]: value})
+            if is_process:
+                section = _make_process(type(section), _process_fields(section) | {parts[1]: value})
+            else:
+                section = dataclasses.replace(section, **{parts[1]: value})
         except ValueError as exc:  # ConfigError included: make sure the message names the key
             if isinstance(exc, ConfigError) and key in str(exc):
                 raise
             raise ConfigError(f"bad value for {key}: {exc}") from exc
-        config = dataclasses.replace(config, **{parts[0]: section})
-    return config
+        sections[parts[0]] = section
+    return Config(**sections)
 
 
 def _section_types() -> dict[str, type]:
@@ -450,6 +587,49 @@ def _section_types() -> dict[str, type]:
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+# How processes are written to and read from config.json: their constructor's arguments.
+_TABLE_FIELDS = ("phi", "theta", "slope")  # KineticOptimalPath's tabulated path
+
+
+def _process_types(cls: type) -> dict[str, Any]:
+    if cls is processes.StochasticInterpolant:
+        return {"interpolant": str, "gamma": str, "a": float}
+    if cls is processes.KineticOptimalPath:
+        return {name: list for name in _TABLE_FIELDS}
+    return _field_types(cls)
+
+
+def _process_fields(process: Any) -> dict[str, Any]:
+    if isinstance(process, processes.StochasticInterpolant):
+        if callable(process.gamma_schedule):
+            raise ConfigError(
+                "a StochasticInterpolant with a callable gamma cannot be saved in config.json; "
+                f"use a named gamma ({', '.join(STOCHASTIC_GAMMAS)})."
+            )
+        return {"interpolant": process.interpolant, "gamma": process.gamma_schedule,
+                "a": float(process.a)}
+    if isinstance(process, processes.KineticOptimalPath):
+        return {name: [float(v) for v in getattr(process, name)] for name in _TABLE_FIELDS}
+    return dataclasses.asdict(process)
+
+
+def _make_process(cls: type, values: dict) -> Any:
+    hints = _process_types(cls)
+    for name, value in values.items():
+        if name not in hints:
+            raise ConfigError(f"unknown config key process.{name}; fields: {', '.join(hints)}.")
+        _check_type(value, hints[name], f"process.{name}")
+    if cls is processes.KineticOptimalPath:
+        dtype = jnp.result_type(float)
+        values = {k: jnp.asarray(np.asarray(v, np.float64), dtype) for k, v in values.items()}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad process config: {exc}") from exc
 
 
 def _build(cls: type, values: dict, section: str):
@@ -467,6 +647,10 @@ def _build(cls: type, values: dict, section: str):
 
 
 def _check_type(value: Any, tp: Any, key: str) -> None:
+    if tp is list:
+        if not (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)):
+            raise ConfigError(f"{key} must be a list of numbers.")
+        return
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return
     if tp in (int, float, str, bool) and not (

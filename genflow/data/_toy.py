@@ -194,6 +194,10 @@ class ToyBatches:
         name: One of :data:`TOY_DATASETS`.
         batch_size: Points per batch, ``>= 1``.
         seed: Non-negative integer seed of the stream.
+        stream: Non-negative stream id: batch ``step`` is drawn with ``seed=[seed, step, stream]``.
+            Two streams of one seed are independent (a stochastic interpolant draws its two
+            data sets from streams 0 and 1); stream 0 is ``[seed, step]``, as numpy pads seeds
+            with zeros.
 
     Examples:
         >>> stream = ToyBatches("checkerboard", batch_size=128, seed=0)
@@ -204,16 +208,18 @@ class ToyBatches:
     name: str
     batch_size: int
     seed: int
+    stream: int = 0
 
     def __post_init__(self) -> None:
         _check_name(self.name)
         _check_count(self.batch_size, "ToyBatches.batch_size", minimum=1)
         _check_count(self.seed, "ToyBatches.seed", minimum=0)
+        _check_count(self.stream, "ToyBatches.stream", minimum=0)
 
     def batch(self, step: int) -> np.ndarray:
         """The batch of training step ``step`` (``>= 0``), shape ``(batch_size, 2)``, float32."""
         step = _check_count(step, "step", minimum=0)
-        return sample_toy(self.name, self.batch_size, seed=[self.seed, step])
+        return sample_toy(self.name, self.batch_size, seed=[self.seed, step, self.stream])
 
     def batches(self, start_step: int, count: int) -> np.ndarray:
         """The batches of steps ``start_step, ..., start_step + count - 1``, stacked.

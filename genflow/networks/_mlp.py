@@ -38,6 +38,9 @@ class MLP(nnx.Module):
       embedding: ``"sinusoidal"`` or ``"fourier"`` time embedding.
       embed_dim: size of the time embedding.
       num_classes: number of classes (0 for an unconditional model).
+      num_fields: number of outputs shaped like ``x``, concatenated along the last axis
+        (``(b, num_fields * d)``); a stochastic interpolant learns its drift and its denoiser
+        with one network this way.
       rngs: parameter initialisation randomness.
     """
 
@@ -50,10 +53,14 @@ class MLP(nnx.Module):
         embedding: str = "fourier",
         embed_dim: int = 64,
         num_classes: int = 0,
+        num_fields: int = 1,
         rngs: nnx.Rngs,
     ):
+        if num_fields < 1:
+            raise ValueError(f"num_fields must be >= 1, got {num_fields}.")
         self.data_dim = data_dim
         self.num_classes = num_classes
+        self.num_fields = num_fields
         self.time_embed = make_time_embedding(embedding, embed_dim, rngs=rngs)
         self.time_fc1 = nnx.Linear(embed_dim, hidden, rngs=rngs)
         self.time_fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
@@ -63,8 +70,8 @@ class MLP(nnx.Module):
         self.inp = nnx.Linear(data_dim, hidden, rngs=rngs)
         self.blocks = nnx.List([_ResidualBlock(hidden, rngs=rngs) for _ in range(depth)])
         zeros = nnx.initializers.zeros_init()
-        self.out = nnx.Linear(hidden, data_dim, kernel_init=zeros, rngs=rngs)
-        self.skip_gain = nnx.Linear(hidden, data_dim, kernel_init=zeros, rngs=rngs)
+        self.out = nnx.Linear(hidden, num_fields * data_dim, kernel_init=zeros, rngs=rngs)
+        self.skip_gain = nnx.Linear(hidden, num_fields * data_dim, kernel_init=zeros, rngs=rngs)
 
     def __call__(
         self,
@@ -84,5 +91,6 @@ class MLP(nnx.Module):
         # A time-dependent linear path from x to the output: far from the data every target
         # (eps, x0, v, velocity, score) is affine in x, and normalised layers alone saturate
         # there, which sends probability-flow trajectories from the prior's tails astray.
-        out = self.out(jax.nn.silu(h)) + self.skip_gain(c) * x
+        skip = x if self.num_fields == 1 else jnp.concatenate([x] * self.num_fields, axis=-1)
+        out = self.out(jax.nn.silu(h)) + self.skip_gain(c) * skip
         return out.astype(x.dtype)

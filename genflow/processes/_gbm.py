@@ -154,6 +154,26 @@ class GeometricBrownianMotion(AbstractForwardSDE):
                 f"log x0 over the data), got {self.data_log_std}."
             )
 
+    @classmethod
+    def from_data(
+        cls, x0: Float[ArrayLike, "n *d"], *, sigma: float = 0.8, mu: float | None = None
+    ) -> GeometricBrownianMotion:
+        """The GBM whose prior matches positive data ``x0``: ``data_log_mean`` and
+        ``data_log_std`` are the mean and standard deviation of ``log x0`` over all entries.
+
+        Args:
+          x0: positive data (any shape; e.g. a sample of the training set after
+            :func:`to_positive`).
+          sigma: the volatility.
+          mu: the drift rate; default ``sigma^2 / 2`` (``log X`` without drift).
+        """
+        check_positive(x0)
+        log_x = np.log(np.asarray(x0, np.float64))
+        return cls(
+            mu=0.5 * sigma**2 if mu is None else mu, sigma=sigma,
+            data_log_mean=float(log_x.mean()), data_log_std=float(log_x.std()),
+        )
+
     # ------------------------------------------------------------------ SDE coefficients
     def drift(self, x: Float[Array, "b *d"], t: ArrayLike) -> Float[Array, "b *d"]:
         """``f(x, t) = mu x`` (``t`` is unused: the coefficients are constant)."""

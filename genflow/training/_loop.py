@@ -26,9 +26,8 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from genflow import losses
-from genflow.config import Config, ConfigError, config_to_dict, load_config_json, make_weighting, save_config
-from genflow.data import PairBatches, ToyBatches, load_pairs
+from genflow.config import Config, ConfigError, config_to_dict, load_config_json, save_config
+from genflow.training._families import data_shape_of, make_batches, make_loss
 from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
 from genflow.training.checkpoint import Checkpointer
 
@@ -79,37 +78,18 @@ class _StopRequest:
         self._previous = {}
 
 
-def data_shape_of(config: Config) -> tuple[int, ...]:
-    """Shape of one training example of ``config.data``."""
-    if config.data.pairs:
-        return tuple(load_pairs(config.data.pairs)[0].shape[1:])
-    return tuple(ToyBatches(config.data.name, 1, config.data.seed).batch(0).shape[1:])
-
-
 def make_train_chunk(config: Config, setup: Setup) -> Callable:
     """``chunk(state, batches) -> (state, metrics)``: ``k`` optimizer steps in one dispatch.
 
     ``batches["x"]`` has shape ``(k, batch, *data_shape)``; ``state`` is donated. The
     returned metrics are averages over the ``k`` steps.
     """
-    process = config.process
     tc = config.train
-    weighting = make_weighting(tc.weighting)
     base_key = jax.random.key(tc.seed)
+    loss = make_loss(config)
 
     def loss_fn(params, batch, key):
-        model = setup.wrap(nnx.merge(setup.graphdef, params, setup.rest))
-        return losses.denoising_loss(
-            model,
-            process,
-            batch["x"],
-            key=key,
-            prediction=tc.prediction,
-            weighting=weighting,
-            t_min=tc.t_min,
-            cond=batch.get("cond"),
-            eps=batch.get("eps"),
-        )
+        return loss(setup.wrap(nnx.merge(setup.graphdef, params, setup.rest)), batch, key)
 
     def one_step(state: TrainState, batch):
         key = jax.random.fold_in(base_key, state.step)
@@ -188,13 +168,7 @@ def train(
     save_config(config, workdir / CONFIG_FILE)
 
     tc = config.train
-    dc = config.data
-    if dc.pairs:
-        pairs = PairBatches.from_file(dc.pairs, dc.batch_size, dc.seed)
-        next_batches = lambda step, k: pairs.batches(step, k)  # noqa: E731
-    else:
-        toy = ToyBatches(dc.name, dc.batch_size, dc.seed)
-        next_batches = lambda step, k: {"x": toy.batches(step, k)}  # noqa: E731
+    next_batches = make_batches(config)
     setup, state = init_train_state(config, data_shape_of(config))
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=tc.keep_checkpoints)
     start = ckpt.latest_step()

@@ -14,6 +14,7 @@ from flax import nnx
 from genflow.config import Config, ModelConfig, TrainConfig
 from genflow.networks import MLP, FrozenParam, ModelFn
 from genflow.processes import edm_precondition
+from genflow.training._families import num_fields
 
 
 class TrainState(NamedTuple):
@@ -32,8 +33,11 @@ class TrainState(NamedTuple):
     ema: Any
 
 
-def build_model(config: ModelConfig, data_shape: tuple[int, ...], *, seed: int) -> nnx.Module:
-    """Construct the network named by ``config`` for data of ``data_shape``."""
+def build_model(
+    config: ModelConfig, data_shape: tuple[int, ...], *, seed: int, num_fields: int = 1
+) -> nnx.Module:
+    """Construct the network named by ``config`` for data of ``data_shape``, with
+    ``num_fields`` outputs shaped like the data (concatenated on the last axis)."""
     if config.name == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"the MLP needs flat data (d,), got data shape {data_shape}.")
@@ -44,6 +48,7 @@ def build_model(config: ModelConfig, data_shape: tuple[int, ...], *, seed: int) 
             embedding=config.embedding,
             embed_dim=config.embed_dim,
             num_classes=config.num_classes,
+            num_fields=num_fields,
             rngs=nnx.Rngs(seed),
         )
     raise ValueError(f"unknown model {config.name!r}.")
@@ -99,7 +104,9 @@ class Setup(NamedTuple):
 
 def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup, TrainState]:
     """Build the network and optimizer and the step-0 state."""
-    model = build_model(config.model, data_shape, seed=config.train.seed)
+    model = build_model(
+        config.model, data_shape, seed=config.train.seed, num_fields=num_fields(config)
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(config.train)
     state = TrainState(
