@@ -28,7 +28,9 @@ There is no stationary law: the prior at ``t = 1`` is the log-normal that matche
 moments of ``log X_1`` when ``log X_0`` has mean ``data_log_mean`` and standard deviation
 ``data_log_std`` (per channel in the authors' code):
 ``log X_1 ~ N(data_log_mean + mu - sigma^2/2, data_log_std^2 + sigma^2)``. It is exact when the
-data are themselves log-normal.
+data are themselves log-normal. (The authors' code samples fitted constants instead, e.g. for
+MNIST ``log X_1 ~ N(0.1565, 0.8353^2)``; :meth:`GeometricBrownianMotion.from_data` sets the
+moments from a data sample.)
 
 Reverse-time sampling (:func:`sample_gbm`): with ``g(x) = sigma x`` elementwise, Anderson's
 reverse SDE ``dX = [f - div(g g^T) - g^2 grad log p_t] dt + g dW_bar`` reads
@@ -286,6 +288,10 @@ def sample_gbm(
       ``dX = [mu X - 2 sigma^2 X - sigma^2 X o X o grad log p_t] dt + sigma X dW_bar``):
       ``x <- x o [1 + delta (2 sigma^2 - mu) + delta sigma^2 h + sigma sqrt(delta) z]``;
       it can leave the positive orthant when a step is large.
+
+    This is the plain discretisation of the reverse SDE on the time grid. The authors' samplers
+    use a tuned constant step (not ``1/N``), several inner steps per level and noise annealed
+    by 0.995 per step; none of that is reproduced here.
 
     Noise is added at every step (no final denoising), so the result follows ``p_{t_end}``;
     the score is never evaluated at ``t_end`` itself, so ``t_end = 0`` is allowed when the

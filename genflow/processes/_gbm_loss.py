@@ -13,7 +13,9 @@ The loss is written without any division by ``t``: with the residual
 
 * ``weighting="paper"`` (default) averages ``sigma^2 t r^2 = (sigma^2 t)^2 |h_theta - h_target|^2``,
   the weighting of the authors' training code (``losses.new_loss``:
-  ``|sigma^2 t x_t s + log(x_t/x0) - mu t + 3/2 sigma^2 t|^2``, which is the same expression);
+  ``|sigma^2 k x_t s + log(x_t/x0) - mu k + 3/2 sigma^2 k|^2``, the same expression with
+  ``k = t``; their loop draws ``x_t`` at step ``i`` and weights it with ``k = (i + 1)/N``, which
+  shrinks the minimiser's ``h + 1`` by ``i/(i + 1)`` at small ``i``; genflow uses ``k = t``);
 * ``weighting="noise"`` averages ``r^2 = sigma^2 t |h_theta - h_target|^2`` (the analogue of
   Song et al.'s ``lambda(t) = sigma_t^2``; equivalently noise prediction with
   ``h_theta = -1 - eps_theta / (sigma sqrt t)``).

@@ -55,9 +55,11 @@ closed forms. ``Lambda`` itself is a Monte Carlo estimate: the average over data
 the average over ``eps`` uses ``num_noise`` antithetic draws per point, shared by every ``s``
 (common random numbers, so the estimate is smooth in ``s``). It costs ``O(n^2 num_noise)`` per
 ``s`` value; subsample large data sets. :func:`kinetic_energy` is likewise a Monte Carlo estimate.
-Near the noise end ``g`` is tiny (``O(theta^4)`` or smaller: the data look Gaussian at low SNR),
-so ``theta_t`` moves fast for ``t > 0.99`` and is set there by the Monte Carlo noise of ``g``;
-that stretch carries almost no energy.
+Near the noise end (small ``s``) ``mmse(s) ~ tr C - s^2 tr C^2`` with ``C`` the covariance of the
+normalised data (``tr C = d``), so ``g ~ theta^2 (tr(C^2)/d - 1)``: of order ``theta^2`` for
+anisotropic data, and smaller only for white data (``C = I``, e.g. the 2-D checkerboard), which
+look Gaussian at low SNR. There ``theta_t`` moves fast for ``t > 0.99`` and is set by the Monte
+Carlo noise of ``g``; that stretch carries almost no energy.
 """
 
 from __future__ import annotations
