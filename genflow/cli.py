@@ -1,4 +1,4 @@
-"""Command line: ``genflow train | sample``.
+"""Command line: ``genflow train | sample | reflow | data prepare``.
 
 Every usage problem (a missing file, an unknown key, a bad value, a run without a
 checkpoint) is reported as one line on stderr with exit status 2, before anything is
@@ -79,7 +79,30 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rf.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     rf.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    da = sub.add_parser("data", help="image data sets (TFDS array_record)")
+    da_sub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    pr = da_sub.add_parser(
+        "prepare",
+        help="prepare a data set once: digits/digits16 offline from scikit-learn; any TFDS name "
+        "(mnist, cifar10, ...) downloads and converts it, which needs `pip install "
+        "'genflow[tfds]'` (TensorFlow, only for this step)",
+    )
+    pr.add_argument("name", help="digits, digits16, or a TFDS catalogue name such as mnist")
+    pr.add_argument("--data-dir", default=None,
+                    help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     return parser
+
+
+def _run_data(args) -> int:
+    from genflow.data import prepare_dataset
+
+    try:
+        path = prepare_dataset(args.name, args.data_dir)
+    except ImportError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+    print(f"prepared {args.name} in {path}")
+    return 0
 
 
 def _prepare_reflow(args):
@@ -285,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "reflow":
             return _run_reflow(args)
+        if args.command == "data":
+            return _run_data(args)
         return _run_sample(args)
     except (UsageError, ConfigError) as exc:
         print(f"genflow: error: {exc}", file=sys.stderr)
