@@ -31,6 +31,11 @@ from genflow.samplers._grids import (
     uniform as uniform,
 )
 from genflow.samplers._guidance import guided as guided
+from genflow.samplers._inpaint import (
+    colorization_matrix as colorization_matrix,
+    colorize as colorize,
+    inpaint as inpaint,
+)
 from genflow.samplers._ode import Euler as Euler, Heun as Heun
 from genflow.samplers._pc import (
     AncestralPredictor as AncestralPredictor,
@@ -66,7 +71,10 @@ __all__ = [
     "PredictorCorrector",
     "ReverseDiffusionPredictor",
     "SampleResult",
+    "colorization_matrix",
+    "colorize",
     "guided",
+    "inpaint",
     "invert",
     "karras",
     "log_snr_uniform",
