@@ -58,6 +58,12 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="start of the time grid (default 1; e.g. 0.999 for a log-SNR grid on a "
                     "path whose log-SNR is infinite at t = 1, such as rectified flow)")
     sa.add_argument("--num", type=int, default=None, help="number of samples")
+    sa.add_argument("--label", type=int, default=None,
+                    help="class-conditional models: the class to draw (default: every class in "
+                    "turn, one grid row each)")
+    sa.add_argument("--guidance", type=float, default=None, metavar="SCALE",
+                    help="class-conditional models: classifier-free guidance scale 1 + w "
+                    "(1: the conditional model alone; default: the config's)")
     sa.add_argument("--seed", type=int, default=None, help="random seed")
     sa.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
     sa.add_argument(
@@ -229,7 +235,7 @@ def _prepare_sample(args):
     changes = {
         "sampler": args.sampler, "num_steps": args.steps, "grid": args.grid,
         "num_samples": args.num, "seed": args.seed, "threshold": args.threshold,
-        "t_start": args.t_start,
+        "t_start": args.t_start, "label": args.label, "guidance": args.guidance,
     }
     if args.options or (args.sampler not in (None, config.sample.sampler)):
         # The config's options belong to the config's sampler.
@@ -237,7 +243,7 @@ def _prepare_sample(args):
         base = [config.sample.solver_options] if same and config.sample.solver_options else []
         changes["solver_options"] = ",".join(base + args.options)
     flag = {"num_steps": "--steps", "num_samples": "--num", "threshold": "--threshold",
-            "t_start": "--t-start"}
+            "t_start": "--t-start", "label": "--label", "guidance": "--guidance"}
     changes = {k: v for k, v in changes.items() if v is not None}
     try:
         sample_config = dataclasses.replace(config.sample, **changes)
@@ -261,9 +267,11 @@ def _run_sample(args) -> int:
     import jax
     import numpy as np
 
+    from genflow.config import is_image_dataset
     from genflow.metrics import sliced_wasserstein2, sliced_wasserstein2_floor
-    from genflow.plotting import scatter_png
+    from genflow.plotting import image_grid_png, scatter_png
     from genflow.training import make_sampling, model_fn_from, reference_data, restore_run
+    from genflow.training._families import sample_labels
 
     sc = config.sample
     initial, run, what = make_sampling(config)
@@ -279,10 +287,17 @@ def _run_sample(args) -> int:
                   initial(sc.num_samples, sc.seed))
     x = np.asarray(jax.device_get(x))
     out.parent.mkdir(parents=True, exist_ok=True)
+    labels = sample_labels(config, sc.num_samples)
     np.savez(
         out.with_suffix(".npz"), samples=x, nfe=int(nfe), sampler=sc.sampler,
         solver_options=sc.solver_options, num_steps=sc.num_steps, grid=sc.grid, step=step,
+        **({} if labels is None else {"labels": labels, "guidance": sc.guidance}),
     )
+    if is_image_dataset(config.data.name):
+        grid, nrow = _image_grid(x, labels, config.model.num_classes)
+        image_grid_png(out.with_suffix(".png"), grid, nrow=nrow)
+        print(f"wrote {out.with_suffix('.npz')} and {out.with_suffix('.png')} (NFE {int(nfe)})")
+        return 0
     # Fresh data, from seeds that training never used.
     fresh = lambda num, seed: reference_data(config, num, seed)  # noqa: E731
     reference = fresh(sc.num_samples, sc.seed)
@@ -295,6 +310,19 @@ def _run_sample(args) -> int:
         f"ratio: {sw2 / floor:.2f}"
     )
     return 0
+
+
+def _image_grid(x, labels, num_classes: int, per_row: int = 10):
+    """At most ``per_row`` images per row; for every-class samples, row ``c`` is class ``c``."""
+    import numpy as np
+
+    if labels is None or len(set(labels.tolist())) == 1:
+        return x[: per_row * per_row], per_row
+    per_class = min(per_row, len(x) // num_classes)
+    if per_class == 0:  # fewer samples than classes: in drawing order
+        return x, min(per_row, len(x))
+    rows = [x[labels == c][:per_class] for c in range(num_classes)]
+    return np.concatenate(rows), per_class
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genflow import losses, processes, samplers
-from genflow.data import TOY_DATASETS
+from genflow.data import DIGITS_DATASETS, TOY_DATASETS
 from genflow.prediction import Prediction
 from genflow.processes._stochastic_interpolant import GAMMAS as STOCHASTIC_GAMMAS
 from genflow.samplers._dpm_solver import check_options as check_dpm_options
@@ -109,7 +109,8 @@ WEIGHTINGS: dict[str, type] = {
     "likelihood": losses.LikelihoodWeighting,
     "edm": losses.EDMWeighting,
 }
-MODELS = ("mlp",)
+MODELS = ("mlp", "unet", "dit")
+IMAGE_MODELS = ("unet", "dit")
 PRECONDITIONINGS = ("none", "edm")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 LR_DECAYS = ("cosine", "constant")
@@ -121,6 +122,7 @@ LR_DECAYS = ("cosine", "constant")
 INTERPOLANT_PREDICTIONS = ("b", "v", "b+eta", "b+s", "v+eta", "v+s")
 GBM_PREDICTIONS = ("eps", "score")
 GBM_WEIGHTINGS = ("uniform", "paper")
+T_SAMPLINGS = ("uniform", "log_uniform")
 
 
 def process_family(process: Any) -> str:
@@ -152,12 +154,67 @@ def _non_negative(section: str, **fields) -> None:
             raise ConfigError(f"{section}.{name} must be >= 0, got {value}.")
 
 
+def is_image_dataset(name: str) -> bool:
+    """Whether ``data.name`` is an image data set (anything that is not a toy set)."""
+    return name not in TOY_DATASETS
+
+
+def _check_image_dataset(name: str, data_dir: str) -> None:
+    """Reject names that are neither built in nor in the TFDS catalogue nor in ``data_dir``.
+
+    Only a name that is not built in imports ``tensorflow_datasets`` (lazily, about a second).
+    """
+    if name in DIGITS_DATASETS:
+        return
+    base = name.partition(":")[0].partition("/")[0]
+    if base and data_dir and (Path(data_dir).expanduser() / base).is_dir():
+        return  # a data set prepared in data_dir (perhaps a custom builder)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:  # cannot check the catalogue: opening the data set will tell
+        return
+    try:
+        tfds.builder_cls(base)
+    except Exception:
+        raise ConfigError(
+            f"unknown data set {name!r} (data.name): not a toy set ({', '.join(TOY_DATASETS)}), "
+            f"not a built-in image set ({', '.join(DIGITS_DATASETS)}) and not a TFDS data set "
+            "name (e.g. mnist, fashion_mnist, cifar10)."
+        ) from None
+
+
+def _int_list(section: str, name: str, text: str, *, allow_empty: bool) -> tuple[int, ...]:
+    """Parse a comma-separated list of positive ints such as ``"1,2,2"``."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts and not allow_empty:
+        raise ConfigError(
+            f"{section}.{name} must be a comma-separated list of positive ints such as "
+            f"'1,2,2', got {text!r}."
+        )
+    try:
+        values = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"{section}.{name} must be a comma-separated list of positive ints such as "
+            f"'1,2,2', got {text!r}."
+        ) from None
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"{section}.{name} entries must be positive, got {text!r}.")
+    return values
+
+
 # --- sections ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where training batches come from."""
+    """Where training batches come from.
+
+    ``name`` is a 2-D toy set (:data:`genflow.data.TOY_DATASETS`) or an image data set: the
+    built-in ``"digits"`` (8x8) and ``"digits16"`` (16x16), made offline on first use, or a
+    TFDS name such as ``"mnist"`` prepared once with ``genflow data prepare NAME``. Images
+    arrive as ``(H, W, C)`` arrays in ``[-1, 1]`` with integer labels.
+    """
 
     name: str = "checkerboard"
     batch_size: int = 512
@@ -170,9 +227,28 @@ class DataConfig:
     source: str = ""
     # Training points are data points times `scale`; samples are divided by it again.
     scale: float = 1.0
+    # Image data sets only. The TFDS data directory (empty: $TFDS_DATA_DIR or
+    # ~/tensorflow_datasets), the TFDS split (e.g. "train" or "train[:90%]"), and random
+    # left-right flips (not for digits or text).
+    data_dir: str = ""
+    split: str = "train"
+    random_flip: bool = False
 
     def __post_init__(self):
-        _choose("data set", self.name, TOY_DATASETS)
+        if not self.name:
+            raise ConfigError("data.name must name a data set, got ''.")
+        if is_image_dataset(self.name):
+            _check_image_dataset(self.name, self.data_dir)
+            if not self.split:
+                raise ConfigError("data.split must name a TFDS split such as 'train', got ''.")
+        else:
+            defaults = {"data_dir": "", "split": "train", "random_flip": False}
+            for field, default in defaults.items():
+                if getattr(self, field) != default:
+                    raise ConfigError(
+                        f"data.{field} applies to image data sets only; data.name="
+                        f"{self.name!r} is a toy set: leave data.{field} at {default!r}."
+                    )
         if self.source:
             _choose("source data set", self.source, TOY_DATASETS)
         _positive("data", batch_size=self.batch_size, scale=self.scale)
@@ -184,7 +260,14 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The network."""
+    """The network: ``"mlp"`` for toy (flat) data, ``"unet"`` or ``"dit"`` for images.
+
+    ``hidden`` and ``depth`` are the MLP's width and number of residual blocks, and the DiT's
+    token width and number of transformer blocks. The U-Net uses ``channels``,
+    ``channel_mult``, ``num_res_blocks``, ``attention_resolutions`` and ``dropout``; the DiT
+    ``patch_size``, ``num_heads`` and ``mlp_ratio``. With ``num_classes > 0`` the network is
+    class-conditional and label ``num_classes`` is the null class (classifier-free guidance).
+    """
 
     name: str = "mlp"
     hidden: int = 256
@@ -196,9 +279,34 @@ class ModelConfig:
     # predicts x0 (train.prediction must be "x0"); sigma_data is the data's standard deviation.
     precondition: str = "none"
     sigma_data: float = 0.5
+    # U-Net: base width, width multiplier per level ("1,2,2": three levels), residual blocks
+    # per level, feature-map heights with self-attention ("16,8"; empty: none), dropout rate
+    # in the residual blocks (training only).
+    channels: int = 64
+    channel_mult: str = "1,2,2"
+    num_res_blocks: int = 2
+    attention_resolutions: str = ""
+    dropout: float = 0.1
+    # DiT: side of the square patches, attention heads, MLP width over the token width.
+    patch_size: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
 
     def __post_init__(self):
         _choose("model", self.name, MODELS)
+        _positive(
+            "model", channels=self.channels, num_res_blocks=self.num_res_blocks,
+            patch_size=self.patch_size, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+        )
+        self.channel_mult_tuple  # noqa: B018 (parses and checks)
+        self.attention_resolutions_tuple  # noqa: B018
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}.")
+        if self.name == "dit" and (self.hidden % self.num_heads or self.hidden % 4):
+            raise ConfigError(
+                f"model.hidden (the DiT's token width, {self.hidden}) must be divisible by "
+                f"model.num_heads ({self.num_heads}) and by 4."
+            )
         _choose("preconditioning", self.precondition, PRECONDITIONINGS)
         _positive("model", sigma_data=self.sigma_data)
         _choose("time embedding", self.embedding, TIME_EMBEDDINGS)
@@ -206,6 +314,18 @@ class ModelConfig:
         _non_negative("model", num_classes=self.num_classes)
         if self.embed_dim % 2:
             raise ConfigError(f"model.embed_dim must be even, got {self.embed_dim}.")
+
+    @property
+    def channel_mult_tuple(self) -> tuple[int, ...]:
+        """``channel_mult`` parsed, e.g. ``(1, 2, 2)``."""
+        return _int_list("model", "channel_mult", self.channel_mult, allow_empty=False)
+
+    @property
+    def attention_resolutions_tuple(self) -> tuple[int, ...]:
+        """``attention_resolutions`` parsed, e.g. ``(16, 8)`` or ``()``."""
+        return _int_list(
+            "model", "attention_resolutions", self.attention_resolutions, allow_empty=True
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +347,12 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     seed: int = 0
+    # How training times are drawn: "uniform" in [t_min, 1], or "log_uniform" (log t uniform;
+    # gbm only), which gives every decade of the noise scale the same share of the batch.
+    t_sampling: str = "uniform"
+    # Class-conditional models: the probability that a training label is replaced by the
+    # null class model.num_classes (classifier-free guidance), drawn inside the jitted step.
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         _positive(
@@ -246,6 +372,11 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}.")
         if not 0.0 <= self.t_min < 1.0:
             raise ConfigError(f"train.t_min must lie in [0, 1), got {self.t_min}.")
+        _choose("time sampling", self.t_sampling, T_SAMPLINGS)
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(
+                f"train.label_dropout must lie in [0, 1), got {self.label_dropout}."
+            )
         if self.checkpoint_every % self.steps_per_dispatch:
             raise ConfigError(
                 f"train.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
@@ -272,9 +403,16 @@ class SampleConfig:
     solver_options: str = ""
     # Dynamic thresholding of x0_hat at this quantile (0..1 scale, e.g. 0.995); 0 = off.
     threshold: float = 0.0
+    # Class-conditional models: the class to draw (-1: classes in turn, one grid row each)
+    # and the classifier-free guidance scale 1 + w (1: the conditional model alone).
+    label: int = -1
+    guidance: float = 1.0
 
     def __post_init__(self):
         _choose("sampler", self.sampler, SAMPLER_NAMES)
+        if self.label < -1:
+            raise ConfigError(f"sample.label is a class (>= 0) or -1 for all, got {self.label}.")
+        _non_negative("sample", guidance=self.guidance)
         if self.solver_options:
             sampler_options(self.sampler, self.solver_options)  # validates them
         if self.sampler in SOLVERS:
@@ -360,8 +498,61 @@ class Config:
             )
         if family == "interpolant":
             self._check_interpolant()
+        grids = {"gaussian": tuple(GRIDS), "interpolant": ("uniform",),
+                 "gbm": ("uniform", "quadratic", "log_snr")}[family]
+        if sc.grid not in grids:
+            raise ConfigError(
+                f"sample.grid={sc.grid!r} is not available for process {name}; choose one of: "
+                f"{', '.join(grids)}."
+            )
+        if tc.t_sampling != "uniform" and family != "gbm":
+            raise ConfigError(
+                f"train.t_sampling={tc.t_sampling!r} is available for process gbm only; "
+                f"process {name} trains with t_sampling=uniform."
+            )
+        if tc.t_sampling == "log_uniform" and tc.t_min <= 0.0:
+            raise ConfigError("train.t_sampling=log_uniform needs train.t_min > 0, e.g. 1e-6.")
         if self.data.pairs and family != "gaussian":
             raise ConfigError(f"data.pairs (reflow) needs a Gaussian path, not process {name}.")
+        self._check_model_data(family, name)
+        classes = self.model.num_classes
+        if classes == 0 and (sc.label != -1 or sc.guidance != 1.0):
+            raise ConfigError(
+                "sample.label and sample.guidance (--label, --guidance) need a class-conditional "
+                "model (model.num_classes > 0); this model is unconditional."
+            )
+        if classes and sc.label >= classes:
+            raise ConfigError(
+                f"sample.label={sc.label} is not a class of this model (0 .. {classes - 1})."
+            )
+
+    def _check_model_data(self, family: str, name: str) -> None:
+        mc, dc = self.model, self.data
+        images = is_image_dataset(dc.name)
+        if mc.name == "mlp" and images:
+            raise ConfigError(
+                f"model.name='mlp' needs flat (toy) data, but data.name={dc.name!r} is an image "
+                f"data set; use model.name=unet or dit, or a toy set ({', '.join(TOY_DATASETS)})."
+            )
+        if mc.name in IMAGE_MODELS and not images:
+            raise ConfigError(
+                f"model.name={mc.name!r} is an image network, but data.name={dc.name!r} is a "
+                "toy (flat) data set; use model.name=mlp, or an image data set such as digits."
+            )
+        if mc.num_classes > 0 and not images:
+            raise ConfigError(
+                f"model.num_classes={mc.num_classes} makes the network class-conditional, but "
+                f"data.name={dc.name!r} has no labels; set model.num_classes=0, or use a "
+                "labelled image data set such as digits."
+            )
+        if mc.num_classes > 0 and dc.pairs:
+            raise ConfigError(
+                "data.pairs (reflow) has no labels to condition on; set model.num_classes=0."
+            )
+        if mc.name in IMAGE_MODELS and family != "gaussian":
+            raise ConfigError(
+                f"model.name={mc.name!r} trains Gaussian paths only for now, not process {name}."
+            )
 
     def _check_interpolant(self) -> None:
         process, tc, sc = self.process, self.train, self.sample

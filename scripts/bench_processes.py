@@ -1,14 +1,19 @@
 """Process benchmark: every forward process trained with the same network and budget on the
-2-D checkerboard, then sampled with three samplers; sliced W2 to fresh data against the floor.
+2-D checkerboard, then sampled with its samplers; sliced W2 to fresh data against the floor.
 
-Each ``configs/toy_checkerboard_*.py`` loads the VP config and changes only the process, the
-prediction kind and its default sampler. Per process: the final training loss (mean of the last
+Each config loads the VP config and changes only the process, the prediction kind and its
+default sampler (``toy_8gaussians_to_checkerboard``: a stochastic interpolant from 8 Gaussians
+to the checkerboard; ``gbm`` also scales the data by 0.5 into [-1, 1]). Per process: the final training loss (mean of the last
 10 logged values, in the process's own prediction space, so not comparable across processes),
 then for each sampler the NFE and the sliced W2 between 20,000 samples and 20,000 fresh data
 points, averaged over three independent data draws (with their standard deviation: one
 4096-point comparison varies by about +-20 % between seeds), against the data-vs-data floor
-averaged the same way. Paths whose log-SNR is infinite at t = 1 (rectified flow, the
-linear interpolant) start the log-SNR grid and the reverse SDE at t = 1 - 1e-3.
+averaged the same way. Gaussian paths whose log-SNR is infinite at t = 1 (rectified flow,
+the linear interpolant, the kinetic-optimal path) start the log-SNR grid and the reverse SDE
+at t = 1 - 1e-3. Samplers: Gaussian paths: the config's ODE sampler, DPM-Solver++(3M) at 20
+NFE and the reverse SDE at 500 Euler-Maruyama steps; the interpolant: its Heun ODE and its SDE
+(epsilon = 1, 500 steps); GBM: the Dale's-law exponential and the ambient Euler-Maruyama
+reverse samplers at 500 steps.
 
     .venv/bin/python scripts/bench_processes.py [--steps 10000] [--reuse] [--out runs/bench/bench_processes.json]
 
@@ -18,6 +23,7 @@ linear interpolant) start the log-SNR grid and the reverse SDE at t = 1 - 1e-3.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,31 +33,50 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from genflow import samplers
-from genflow.config import GRIDS, apply_overrides, load_config_file, make_solver
-from genflow.data import sample_toy
+from genflow.config import apply_overrides, load_config_file, process_family
 from genflow.metrics import sliced_wasserstein2
-from genflow.training import METRICS_FILE, has_checkpoint, model_fn_from, restore_run, train
+from genflow.training import (
+    METRICS_FILE,
+    has_checkpoint,
+    make_sampling,
+    model_fn_from,
+    reference_data,
+    restore_run,
+    train,
+)
 
-CONFIGS = ["vp", "subvp", "ve", "edm", "rf", "interpolant"]
+CONFIGS = ["vp", "subvp", "ve", "edm", "rf", "interpolant", "ko", "gbm", "8gaussians_to_checkerboard"]
 NUM_SAMPLES = 20_000
 NUM_DRAWS = 3  # independent data draws per comparison
 
 
-def plans(config):
-    """(sampler, steps, grid, t_start): the config's own ODE sampler, DPM-Solver++(3M) at 20
-    steps on the log-SNR grid, and the reverse SDE at 500 Euler-Maruyama steps."""
+def config_path(name: str) -> Path:
+    path = Path("configs") / f"toy_{name}.py"
+    return path if path.exists() else Path("configs") / f"toy_checkerboard_{name}.py"
+
+
+def plans(config) -> list[dict]:
+    """The ``config.sample`` fields of each comparison (see the module notes)."""
+    sc = config.sample
+    own = {"sampler": sc.sampler, "num_steps": sc.num_steps, "grid": sc.grid}
+    family = process_family(config.process)
+    if family == "interpolant":
+        return [own, {"sampler": "interpolant_sde", "num_steps": 500,
+                      "solver_options": "epsilon=1.0"}]
+    if family == "gbm":
+        return [{"sampler": "gbm_exponential", "num_steps": 500},
+                {"sampler": "gbm_euler_maruyama", "num_steps": 500}]
     lam_one = float(config.process.log_snr(1.0))
     t_start = 1.0 if np.isfinite(lam_one) else 1.0 - 1e-3
     return [
-        (config.sample.sampler, config.sample.num_steps, config.sample.grid, 1.0),
-        ("dpm_solver++_3m", 20, "log_snr", t_start),
-        ("euler_maruyama", 500, "uniform", t_start),
+        own,
+        {"sampler": "dpm_solver++_3m", "num_steps": 20, "grid": "log_snr", "t_start": t_start},
+        {"sampler": "euler_maruyama", "num_steps": 500, "grid": "uniform", "t_start": t_start},
     ]
 
 
 def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
-    config = load_config_file(Path("configs") / f"toy_checkerboard_{name}.py")
+    config = load_config_file(config_path(name))
     if steps is not None:
         config = apply_overrides(config, [f"train.num_steps={steps}"])
     workdir = out_dir / name
@@ -67,24 +92,24 @@ def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
 
     _, setup, _, params = restore_run(workdir, weights="ema")
     model_fn = model_fn_from(setup, params)
-    fresh = lambda num, seed: sample_toy(config.data.name, num, seed=[2**31 - 1, seed])  # noqa: E731
-    data = [fresh(NUM_SAMPLES, i) for i in range(NUM_DRAWS)]
-    floor = float(np.mean([sliced_wasserstein2(fresh(NUM_SAMPLES, 100 + i), data[i])
-                           for i in range(NUM_DRAWS)]))
+    data = [reference_data(config, NUM_SAMPLES, i) for i in range(NUM_DRAWS)]
+    floor = float(np.mean([sliced_wasserstein2(reference_data(config, NUM_SAMPLES, 100 + i),
+                                               data[i]) for i in range(NUM_DRAWS)]))
     rows = []
-    for sampler, n, grid, t_start in plans(config):
-        solver = make_solver(sampler)
-        draw = jax.jit(lambda m, key, solver=solver, n=n, grid=grid, t_start=t_start: (
-            samplers.sample(m, config.process, solver, key=key, shape=(NUM_SAMPLES, 2),
-                            prediction=config.train.prediction, num_steps=n, grid=GRIDS[grid],
-                            t_start=t_start, t_end=config.sample.t_end)))
-        res = draw(model_fn, jax.random.key(1))
-        x = np.asarray(res.x)
-        finite = np.all(np.isfinite(x))
-        sw2s = [sliced_wasserstein2(x, d) if finite else float("nan") for d in data]
+    for plan in plans(config):
+        sample = dataclasses.replace(config.sample, num_samples=NUM_SAMPLES, **plan)
+        initial, draw, _ = make_sampling(dataclasses.replace(config, sample=sample))
+        x, nfe = jax.jit(draw)(model_fn, jax.random.key(1), initial(NUM_SAMPLES, 1))
+        x = np.asarray(x)
+        # A sample the sampler lost (the ambient GBM step can leave x > 0, where log x is
+        # undefined) is counted and left out; every other sampler loses none.
+        finite = np.all(np.isfinite(x), axis=1)
+        lost = int((~finite).sum())
+        sw2s = [sliced_wasserstein2(x[finite], d) for d in data]
         sw2 = float(np.mean(sw2s))
-        rows.append({"sampler": sampler, "steps": n, "grid": grid, "t_start": t_start,
-                     "nfe": int(res.nfe), "sliced_w2": sw2, "sliced_w2_std": float(np.std(sw2s)),
+        rows.append({"sampler": sample.sampler, "steps": sample.num_steps, "grid": sample.grid,
+                     "t_start": sample.t_start, "options": sample.solver_options,
+                     "nfe": int(nfe), "lost": lost, "sliced_w2": sw2, "sliced_w2_std": float(np.std(sw2s)),
                      "ratio": sw2 / floor})
     return {"process": name, "process_repr": repr(config.process),
             "prediction": config.train.prediction, "train_steps": config.train.num_steps,
@@ -99,7 +124,8 @@ def print_table(results: list[dict]) -> None:
         for i, s in enumerate(r["samplers"]):
             head = (f"| {r['process']} | {r['prediction']} | {r['final_loss']:.4f} " if i == 0
                     else "| | | ")
-            print(f"{head}| {s['sampler']} ({s['grid']}) | {s['nfe']} | {s['sliced_w2']:.4f} "
+            lost = f", {s['lost']} of {NUM_SAMPLES} lost" if s["lost"] else ""
+            print(f"{head}| {s['sampler']} ({s['grid']}{lost}) | {s['nfe']} | {s['sliced_w2']:.4f} "
                   f"(+- {s['sliced_w2_std']:.4f}) | {r['floor']:.4f} | {s['ratio']:.2f} |")
 
 

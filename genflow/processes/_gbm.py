@@ -259,6 +259,7 @@ def _euler_maruyama_step(process, x, h, z, delta):
 
 
 _STEPS = {"exponential": _exponential_step, "euler_maruyama": _euler_maruyama_step}
+_GRIDS = ("uniform", "quadratic", "log")
 
 
 def sample_gbm(
@@ -272,6 +273,8 @@ def sample_gbm(
     method: str = "exponential",
     t_start: float = 1.0,
     t_end: float = 1e-3,
+    grid: str = "uniform",
+    denoise_final: bool = False,
     cond: Any = None,
     dtype=jnp.float32,
     return_trajectory: bool = False,
@@ -307,17 +310,27 @@ def sample_gbm(
       num_steps: number of steps (= network evaluations), >= 1.
       method: ``"exponential"`` or ``"euler_maruyama"``.
       t_start, t_end: the ends of the grid, ``t_start > t_end >= 0``.
+      grid: ``"uniform"`` in ``t``; ``"quadratic"``, uniform in ``sqrt(t)``, i.e. in the noise
+        scale ``sigma sqrt(t)`` of ``log x`` (the last steps shrink like ``1/N^2``); or
+        ``"log"``, geometric in ``t`` (uniform in the log of the noise scale, as a log-SNR grid:
+        the choice for a small ``t_end`` > 0, where the data's fine structure forms).
+      denoise_final: end with Tweedie's estimate in log space instead of ``x_{t_end}``,
+        ``log x0_hat = log x - (mu - sigma^2/2) t + sigma^2 t (h + 1)`` at ``t = t_end``
+        (one more score evaluation; it removes the noise that ``p_{t_end}`` still holds).
       cond: passed through to ``score_fn``.
       dtype: dtype of the prior draw (ignored with ``x_init``).
       return_trajectory: also return the ``(num_steps + 1, *x.shape)`` states.
 
     Returns:
-      ``genflow.samplers.SampleResult(x, trajectory, nfe=num_steps)``.
+      ``genflow.samplers.SampleResult(x, trajectory, nfe)``, ``nfe = num_steps`` (+1 with
+      ``denoise_final``).
     """
     from genflow.samplers._base import SampleResult  # lazy: samplers import processes
 
     if method not in _STEPS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+    if grid not in _GRIDS:
+        raise ValueError(f"grid must be one of {_GRIDS}, got {grid!r}.")
     if (shape is None) == (x_init is None):
         raise ValueError("Pass exactly one of shape= (start from the prior) or x_init=.")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
@@ -332,7 +345,17 @@ def sample_gbm(
         x_init = process.prior_sample(key_prior, tuple(shape), dtype)
     x_init = jnp.asarray(x_init)
     grid_dtype = jnp.result_type(x_init.dtype, jnp.float32)
-    ts = jnp.linspace(t_start, t_end, num_steps + 1, dtype=grid_dtype)
+    if grid == "log" and _is_number(t_end) and not t_end > 0:
+        raise ValueError("grid='log' is geometric in t and needs t_end > 0 (e.g. 1e-6).")
+    if grid == "uniform":
+        ts = jnp.linspace(t_start, t_end, num_steps + 1, dtype=grid_dtype)
+    elif grid == "log":
+        ts = jnp.geomspace(jnp.asarray(t_start, grid_dtype), jnp.asarray(t_end, grid_dtype),
+                           num_steps + 1).at[0].set(t_start).at[-1].set(t_end)
+    else:
+        root = jnp.linspace(jnp.sqrt(jnp.asarray(t_start, grid_dtype)),
+                            jnp.sqrt(jnp.asarray(t_end, grid_dtype)), num_steps + 1)
+        ts = (root**2).at[0].set(t_start).at[-1].set(t_end)
     keys = jax.random.split(key_steps, num_steps)
     step_fn = _STEPS[method]
 
@@ -345,6 +368,14 @@ def sample_gbm(
         return x_next, (x_next if return_trajectory else None)
 
     x, traj = jax.lax.scan(body, x_init, (ts[:-1], ts[1:], keys))
+    if denoise_final:  # Tweedie in log space, written multiplicatively (keeps each sign)
+        t_last = ts[-1]
+        h = x * score_fn(x, jnp.full((x.shape[0],), t_last, grid_dtype), cond).astype(x.dtype)
+        s2t = process.sigma**2 * t_last
+        x = (x * jnp.exp(s2t * (h + 1.0) - (process.mu - 0.5 * process.sigma**2) * t_last)
+             ).astype(x.dtype)
     if return_trajectory:
         traj = jnp.concatenate([x_init[None], traj], axis=0)
-    return SampleResult(x=x, trajectory=traj, nfe=num_steps)
+        if denoise_final:
+            traj = traj.at[-1].set(x)
+    return SampleResult(x=x, trajectory=traj, nfe=num_steps + int(denoise_final))

@@ -42,6 +42,7 @@ from genflow.processes._base import broadcast_to_data
 from genflow.processes._gbm import GeometricBrownianMotion
 
 _WEIGHTINGS = ("paper", "noise")
+T_SAMPLINGS = ("uniform", "log_uniform")
 
 
 def gbm_score_loss(
@@ -53,6 +54,7 @@ def gbm_score_loss(
     t_min: float = 1e-5,
     t_max: float = 1.0,
     weighting: str = "paper",
+    t_sampling: str = "uniform",
     cond: Any = None,
 ) -> Float[Array, ""]:
     """Monte-Carlo M-DSM loss on one batch of positive data.
@@ -66,6 +68,12 @@ def gbm_score_loss(
       t_min, t_max: the range of training times, ``0 <= t_min < t_max``.
       weighting: ``"paper"`` (``lambda(t) = (sigma^2 t)^2`` on the Hyvarinen-score error) or
         ``"noise"`` (``lambda(t) = sigma^2 t``); see the module docstring.
+      t_sampling: ``"uniform"`` draws ``t ~ U(t_min, t_max)``; ``"log_uniform"`` draws
+        ``log t ~ U(log t_min, log t_max)`` (needs ``t_min > 0``), so every decade of ``t``, i.e.
+        of the noise scale ``sigma sqrt(t)`` of ``log x``, gets the same share of the batch (as
+        a VE SDE's geometric noise levels do). The minimiser is the exact score either way; what
+        changes is where the network's capacity goes: with uniform ``t`` the small noise
+        levels where the fine structure of the data forms get almost no samples.
       cond: optional conditioning passed through to ``score_fn``.
 
     Returns:
@@ -73,6 +81,10 @@ def gbm_score_loss(
     """
     if weighting not in _WEIGHTINGS:
         raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}.")
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}.")
+    if t_sampling == "log_uniform" and isinstance(t_min, (int, float)) and not t_min > 0:
+        raise ValueError(f"t_sampling='log_uniform' needs t_min > 0, got t_min={t_min}.")
     if isinstance(t_min, (int, float)) and isinstance(t_max, (int, float)):
         if not 0.0 <= t_min < t_max:
             raise ValueError(
@@ -80,7 +92,12 @@ def gbm_score_loss(
             )
     key_t, key_z = jax.random.split(key)
     t_dtype = jnp.result_type(x0.dtype, jnp.float32)
-    t = jax.random.uniform(key_t, (x0.shape[0],), dtype=t_dtype, minval=t_min, maxval=t_max)
+    if t_sampling == "uniform":
+        t = jax.random.uniform(key_t, (x0.shape[0],), dtype=t_dtype, minval=t_min, maxval=t_max)
+    else:
+        log_t = jax.random.uniform(key_t, (x0.shape[0],), dtype=t_dtype,
+                                   minval=jnp.log(t_min), maxval=jnp.log(t_max))
+        t = jnp.exp(log_t)
     x_t, z = process.sample_xt(key_z, x0, t)
     h = x_t * score_fn(x_t, t, cond).astype(x_t.dtype)
     scale = process.sigma * jnp.sqrt(broadcast_to_data(t, x0))  # sigma sqrt(t)

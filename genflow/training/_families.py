@@ -18,17 +18,28 @@
   ``t_end``.
 * **Geometric Brownian motion**: data times ``data.scale`` must lie in ``[-1, 1]`` and are
   mapped onto ``[1, 2]`` by :func:`~genflow.processes.to_positive` (checked on 100,000 points
-  before training). With ``train.prediction="eps"`` the network reads ``log x`` and predicts
-  the noise ``z`` of ``log x_t = log x_0 + (mu - sigma^2/2) t + sigma sqrt(t) z``, so the
+  before training). With ``train.prediction="eps"`` the network reads ``log x`` (standardised
+  by the mean ``m_0 + (mu - sigma^2/2) t`` and standard deviation ``sqrt(s_0^2 + sigma^2 t)``
+  of ``log x_t``, from the process's ``data_log_mean`` ``m_0`` and ``data_log_std`` ``s_0``)
+  and predicts the noise ``z`` of ``log x_t = log x_0 + (mu - sigma^2/2) t + sigma sqrt(t) z``, so the
   Hyvarinen score is ``x o grad log p = -1 - eps / (sigma sqrt t)``; with ``"score"`` it
   reads ``x`` and predicts ``grad log p`` itself (the parametrisation of the GBM paper).
   ``train.weighting``: ``"uniform"`` weights the noise residual uniformly, ``"paper"`` is the
   authors' ``(sigma^2 t)^2`` on the Hyvarinen-score error
-  (:func:`~genflow.processes.gbm_score_loss`). Samplers: ``gbm_exponential`` (Dale's-law,
-  positivity-preserving) and ``gbm_euler_maruyama``; samples are mapped back by
+  (:func:`~genflow.processes.gbm_score_loss`); ``train.t_sampling="log_uniform"`` draws
+  ``log t`` uniformly. Samplers: ``gbm_exponential`` (Dale's-law, positivity-preserving) and
+  ``gbm_euler_maruyama``, on the ``uniform``, ``quadratic`` or ``log_snr`` grid (geometric in
+  ``t``: uniform in the log-SNR of ``log x``); samples are mapped back by
   :func:`~genflow.processes.from_positive` and divided by ``data.scale``.
 
 Every family multiplies training points by ``data.scale`` and divides samples by it.
+
+**Image data sets** (``data.name`` not a toy set; :class:`~genflow.data.ImageBatches`) give
+batches ``x: (b, H, W, C)`` in ``[-1, 1]`` (times ``data.scale``) and, for a class-conditional
+model (``model.num_classes > 0``), their integer labels as ``cond``. Inside the jitted step
+:func:`drop_labels` replaces each label by the null class ``model.num_classes`` with
+probability ``train.label_dropout`` (classifier-free guidance), with a key derived from the
+step's key, so a resumed run sees the same labels.
 """
 
 from __future__ import annotations
@@ -46,13 +57,21 @@ from genflow.config import (
     GRIDS,
     Config,
     ConfigError,
+    is_image_dataset,
     make_solver,
     make_weighting,
     process_family,
     process_name,
     sampler_options,
 )
-from genflow.data import PairBatches, ToyBatches, load_pairs, sample_toy
+from genflow.data import (
+    DatasetNotPreparedError,
+    ImageBatches,
+    PairBatches,
+    ToyBatches,
+    load_pairs,
+    sample_toy,
+)
 from genflow.processes._gbm import T_FLOOR as _GBM_T_FLOOR
 from genflow.samplers._sample import _make_grid as make_sampler_grid
 
@@ -61,11 +80,49 @@ _SOURCE_STREAM = 1  # ToyBatches stream of data.source, independent of data.name
 _GBM_CHECK_POINTS = 100_000
 
 
+def image_batches(config: Config) -> ImageBatches:
+    """The :class:`~genflow.data.ImageBatches` of an image ``config.data`` (nothing is read
+    until a property or a batch is asked for)."""
+    dc = config.data
+    return ImageBatches(
+        dc.name, dc.batch_size, seed=dc.seed, split=dc.split, data_dir=dc.data_dir or None,
+        random_flip=dc.random_flip,
+    )
+
+
+def _open_image_data(config: Config) -> tuple[ImageBatches, tuple[int, int, int]]:
+    """Open the image data set and read its shape; a data set that is not prepared is a
+    :class:`~genflow.config.ConfigError` that says the ``genflow data prepare`` command."""
+    data = image_batches(config)
+    try:
+        shape = data.data_shape
+    except DatasetNotPreparedError as exc:
+        raise ConfigError(str(exc)) from None
+    return data, shape
+
+
 def data_shape_of(config: Config) -> tuple[int, ...]:
-    """Shape of one training example of ``config.data``."""
+    """Shape of one training example of ``config.data``: ``(d,)`` for a toy set,
+    ``(H, W, C)`` for an image data set (read from its metadata; no batch is drawn).
+
+    Raises:
+      ConfigError: an image data set that is not prepared (the message gives the
+        ``genflow data prepare`` command); ``digits`` and ``digits16`` build themselves.
+    """
     if config.data.pairs:
         return tuple(load_pairs(config.data.pairs)[0].shape[1:])
+    if is_image_dataset(config.data.name):
+        return tuple(_open_image_data(config)[1])
     return tuple(ToyBatches(config.data.name, 1, config.data.seed).batch(0).shape[1:])
+
+
+def drop_labels(labels: jax.Array, key: jax.Array, p: float, num_classes: int) -> jax.Array:
+    """Classifier-free guidance's label dropout: each label becomes the null class
+    ``num_classes`` where ``uniform(key) < p``, independently (``p = 0``: unchanged)."""
+    if p == 0.0:
+        return labels
+    drop = jax.random.uniform(key, labels.shape) < p
+    return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
 
 
 def num_fields(config: Config) -> int:
@@ -88,6 +145,8 @@ def make_batches(config: Config) -> Batches:
     if dc.pairs:
         pairs = PairBatches.from_file(dc.pairs, dc.batch_size, dc.seed)
         return pairs.batches  # pairs are written in the model's space: no scaling
+    if is_image_dataset(dc.name):
+        return _image_batch_fn(config)
     data = ToyBatches(dc.name, dc.batch_size, dc.seed)
     family = process_family(config.process)
     if family == "gbm":
@@ -101,6 +160,32 @@ def make_batches(config: Config) -> Batches:
             "x": dc.scale * data.batches(step, k), "x1": dc.scale * source.batches(step, k)
         }
     return lambda step, k: {"x": dc.scale * data.batches(step, k)}
+
+
+def _image_batch_fn(config: Config) -> Batches:
+    dc, num_classes = config.data, config.model.num_classes
+    data, _ = _open_image_data(config)
+    if num_classes > 0:
+        have = data.num_classes
+        if have is None:
+            raise ConfigError(
+                f"model.num_classes={num_classes}, but data set {dc.name!r} has no labels; "
+                "set model.num_classes=0."
+            )
+        if have > num_classes:
+            raise ConfigError(
+                f"data set {dc.name!r} has {have} classes but model.num_classes={num_classes}; "
+                f"set model.num_classes={have}."
+            )
+
+    def batches(step, k):
+        out = data.batches(step, k)
+        x = out["x"] if dc.scale == 1.0 else np.float32(dc.scale) * out["x"]
+        if num_classes > 0:
+            return {"x": x, "cond": out["label"]}
+        return {"x": x}
+
+    return batches
 
 
 def _check_gbm_data(config: Config) -> None:
@@ -155,7 +240,7 @@ def make_loss(config: Config) -> Callable[[Any, dict, jax.Array], jax.Array]:
     def gbm_loss(model_fn, batch, key):
         return processes.gbm_score_loss(
             gbm_score_fn(model_fn, config), process, batch["x"], key=key, t_min=tc.t_min,
-            weighting=weighting, cond=batch.get("cond"),
+            weighting=weighting, t_sampling=tc.t_sampling, cond=batch.get("cond"),
         )
 
     return gbm_loss
@@ -178,10 +263,13 @@ def gbm_score_fn(model_fn: Callable, config: Config) -> Callable:
         return model_fn
 
     def score(x, t, cond=None):
-        t_safe = jnp.maximum(t, _GBM_T_FLOOR).astype(x.dtype)
-        scale = process.sigma * jnp.sqrt(processes.broadcast_to_data(t_safe, x))
-        eps = model_fn(jnp.log(x), t, cond).astype(x.dtype)
-        return (-1.0 - eps / scale) / x
+        t_b = processes.broadcast_to_data(t, x).astype(x.dtype)
+        noise = process.sigma * jnp.sqrt(jnp.maximum(t_b, _GBM_T_FLOOR))
+        # The network reads log x standardised by the marginal's moments of log x_t.
+        mean = process.data_log_mean + (process.mu - 0.5 * process.sigma**2) * t_b
+        std = jnp.sqrt(process.data_log_std**2 + process.sigma**2 * t_b)
+        eps = model_fn((jnp.log(x) - mean) / std, t, cond).astype(x.dtype)
+        return (-1.0 - eps / noise) / x
 
     return score
 
@@ -256,13 +344,33 @@ def _gaussian_sampling(config: Config):
         )
         what = f"{sc.sampler}, {sc.num_steps} steps ({sc.grid} grid)"
     shape = _shape(config, sc.num_samples)
+    classes = config.model.num_classes
+    labels = sample_labels(config, sc.num_samples)
+    if classes:
+        what += f", class {sc.label}" if sc.label >= 0 else f", classes 0-{classes - 1}"
+        what += f", guidance {sc.guidance:g}"
 
     def draw(model_fn, key, x_init=None):
         start = {"shape": shape} if x_init is None else {"x_init": x_init}
+        if classes:
+            if sc.guidance != 1.0:
+                model_fn = samplers.guided(model_fn, sc.guidance, null_cond=classes)
+            start["cond"] = jnp.asarray(labels)
         result = run(model_fn, key, start)
         return result.x / scale, result.nfe
 
     return (lambda num, seed: None), draw, what
+
+
+def sample_labels(config: Config, num: int) -> np.ndarray | None:
+    """The class of each sample of a class-conditional model: ``sample.label``, or the classes
+    in turn (``0, 1, ..., C - 1, 0, 1, ...``) when it is -1; ``None`` for other models."""
+    classes = config.model.num_classes
+    if not classes:
+        return None
+    if config.sample.label >= 0:
+        return np.full(num, config.sample.label, np.int32)
+    return (np.arange(num) % classes).astype(np.int32)
 
 
 def _interpolant_sampling(config: Config):
@@ -315,6 +423,7 @@ def _gbm_sampling(config: Config):
         result = processes.sample_gbm(
             gbm_score_fn(model_fn, config), process, key=key, **start,
             num_steps=sc.num_steps, method=method, t_start=sc.t_start, t_end=sc.t_end,
+            grid={"log_snr": "log"}.get(sc.grid, sc.grid),
         )
         return processes.from_positive(result.x) / scale, result.nfe
 

@@ -27,13 +27,22 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from genflow.config import Config, ConfigError, config_to_dict, load_config_json, save_config
-from genflow.training._families import data_shape_of, make_batches, make_loss
-from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
+from genflow.training._families import data_shape_of, drop_labels, make_batches, make_loss
+from genflow.training._state import (
+    Setup,
+    TrainState,
+    init_train_state,
+    learning_rate_schedule,
+    uses_dropout,
+)
 from genflow.training.checkpoint import Checkpointer
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+# fold_in indices of a step's key for its dropout masks and its label dropout.
+_DROPOUT_STREAM = 1
+_LABEL_DROPOUT_STREAM = 2
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -83,16 +92,31 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
 
     ``batches["x"]`` has shape ``(k, batch, *data_shape)``; ``state`` is donated. The
     returned metrics are averages over the ``k`` steps.
+
+    Step ``s`` uses the key ``fold_in(key(train.seed), s)`` for the loss; a network with
+    dropout gets ``rngs=nnx.Rngs(dropout=fold_in(that key, 1))``, and the labels ``cond`` of a
+    class-conditional model are dropped to the null class (:func:`drop_labels`) with
+    ``fold_in(that key, 2)``. Every random number is thus a function of the step index.
     """
     tc = config.train
     base_key = jax.random.key(tc.seed)
     loss = make_loss(config)
+    dropout = uses_dropout(config.model)
+    label_dropout = tc.label_dropout if config.model.num_classes > 0 else 0.0
 
     def loss_fn(params, batch, key):
-        return loss(setup.wrap(nnx.merge(setup.graphdef, params, setup.rest)), batch, key)
+        net = nnx.merge(setup.graphdef, params, setup.rest)
+        if dropout:
+            net = _with_dropout(net, jax.random.fold_in(key, _DROPOUT_STREAM))
+        return loss(setup.wrap(net), batch, key)
 
     def one_step(state: TrainState, batch):
         key = jax.random.fold_in(base_key, state.step)
+        if label_dropout > 0.0 and "cond" in batch:
+            labels_key = jax.random.fold_in(key, _LABEL_DROPOUT_STREAM)
+            batch = {**batch, "cond": drop_labels(
+                batch["cond"], labels_key, label_dropout, config.model.num_classes
+            )}
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
         updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -105,6 +129,15 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
         return state, jax.tree.map(jnp.mean, metrics)
 
     return jax.jit(chunk, donate_argnums=0)
+
+
+def _with_dropout(net: nnx.Module, key: jax.Array) -> Callable:
+    """``net`` as a ``model_fn`` whose dropout is active, with masks drawn from ``key``."""
+
+    def model_fn(x, t, cond=None):
+        return net(x, t, cond, rngs=nnx.Rngs(dropout=key))
+
+    return model_fn
 
 
 def check_workdir_compatible(config: Config, workdir: Path) -> None:

@@ -408,3 +408,56 @@ def test_non_positive_data_is_refused():
         process.sample_xt(jax.random.key(0), bad, jnp.asarray([0.5, 0.5]))
     with pytest.raises(ValueError, match="strictly positive"):
         gbm_score_loss(lambda x, t, c=None: x, process, -bad, key=jax.random.key(0))
+
+
+def test_log_grid_and_final_tweedie_step_on_lognormal_data():
+    """Log-normal data, exact score, geometric grid: stopping at t_end leaves log x ~
+    N(m0 + drift t, v0 + sigma^2 t); the final Tweedie step returns E[log x0 | log x_t], whose
+    law is N(m0, v0^2 / (v0 + sigma^2 t)) (one more evaluation)."""
+    m0, s0, t_end = 0.3, 0.25, 0.05
+    v0, v_end = s0**2, s0**2 + SIGMA**2 * t_end
+    proc = GeometricBrownianMotion(mu=MU, sigma=SIGMA, data_log_mean=m0, data_log_std=s0)
+
+    def score(x, t, cond=None):
+        t = t[:, None]
+        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + SIGMA**2 * t)) / x
+
+    kw = dict(key=jax.random.key(9), shape=(N_SAMPLES, 1), num_steps=200, grid="log",
+              t_end=t_end, dtype=jnp.float64)
+    for denoise, mean, var, nfe in [(False, m0 + DRIFT * t_end, v_end, 200),
+                                    (True, m0, v0**2 / v_end, 201)]:
+        res = sample_gbm(score, proc, denoise_final=denoise, **kw)
+        y = np.log(np.asarray(res.x))[:, 0]
+        assert res.nfe == nfe
+        assert_within(y.mean(), mean, math.sqrt(var / y.size), slack=0.005, what="log-mean")
+        assert_within(y.var(), var, var * math.sqrt(2 / y.size), slack=0.03 * var, what="var")
+    with pytest.raises(ValueError, match="t_end > 0"):
+        sample_gbm(score, proc, **(kw | {"t_end": 0.0}))
+
+
+def test_log_uniform_time_sampling_has_its_closed_form_minimum():
+    """With log t ~ U(log t_min, log t_max) the "noise" loss at the exact score averages
+    v0 / (v0 + sigma^2 t) over log t: (L - log((v0 + s2 t_max) / (v0 + s2 t_min))) / L,
+    L = log(t_max / t_min) (uniform t gives a different number: the draw is really log-uniform)."""
+    m0, s0, t_min, t_max = 0.3, 0.4, 1e-5, 1.0
+    v0, s2 = s0**2, SIGMA**2
+
+    def score(x, t, cond=None):
+        t = t[:, None]
+        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + s2 * t)) / x
+
+    def one(key):
+        k1, k2 = jax.random.split(key)
+        x0 = jnp.exp(m0 + s0 * jax.random.normal(k1, (4000, 2)))
+        return gbm_score_loss(score, PROC, x0, key=k2, t_min=t_min, t_max=t_max,
+                              weighting="noise", t_sampling="log_uniform")
+
+    vals = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(14), 50)))
+    span = math.log(t_max / t_min)
+    want = (span - math.log((v0 + s2 * t_max) / (v0 + s2 * t_min))) / span
+    assert_within(vals.mean(), want, vals.std() / math.sqrt(vals.size))
+    uniform = v0 / (s2 * (t_max - t_min)) * math.log((v0 + s2 * t_max) / (v0 + s2 * t_min))
+    assert abs(want - uniform) > 20 * vals.std() / math.sqrt(vals.size)
+    with pytest.raises(ValueError, match="t_min > 0"):
+        gbm_score_loss(score, PROC, jnp.ones((4, 2)), key=jax.random.key(0), t_min=0.0,
+                       t_sampling="log_uniform")
