@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import importlib.util
 import math
-import operator
 import os
 import sys
 import threading
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from genflow.data._digits import DIGITS_DATASETS, build_digits
+from genflow.data._toy import _check_count
 
 _AUTO_CACHE_BYTES = 64 * 2**20
 # Second entries of the seed sequences, so that shuffles and flips draw independent streams.
@@ -127,20 +127,6 @@ def _open_source(name: str, split: str, data_dir: Path) -> Any:
                 f"with:\n    {prepare_command(name, data_dir)}"
             ) from err
         raise
-
-
-def _check_int(value: object, what: str, *, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an integer, got the bool {value!r}.")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"{what} must be an integer, got {type(value).__name__} {value!r}."
-        ) from None
-    if number < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {number}.")
-    return number
 
 
 class _Records:
@@ -283,12 +269,12 @@ class ImageBatches:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"ImageBatches.name must be a TFDS data set name, got {self.name!r}.")
-        _check_int(self.batch_size, "ImageBatches.batch_size", minimum=1)
-        _check_int(self.seed, "ImageBatches.seed", minimum=0)
+        _check_count(self.batch_size, "ImageBatches.batch_size", minimum=1)
+        _check_count(self.seed, "ImageBatches.seed", minimum=0)
         if self.num_epochs is not None:
-            _check_int(self.num_epochs, "ImageBatches.num_epochs", minimum=1)
-        count = _check_int(self.shard_count, "ImageBatches.shard_count", minimum=1)
-        index = _check_int(self.shard_index, "ImageBatches.shard_index", minimum=0)
+            _check_count(self.num_epochs, "ImageBatches.num_epochs", minimum=1)
+        count = _check_count(self.shard_count, "ImageBatches.shard_count", minimum=1)
+        index = _check_count(self.shard_index, "ImageBatches.shard_index", minimum=0)
         if index >= count:
             raise ValueError(
                 f"ImageBatches.shard_index must be < shard_count = {count}, got {index}."
@@ -345,7 +331,7 @@ class ImageBatches:
 
     def epoch(self, step: int) -> int:
         """The epoch of the first image of batch ``step``, ``step * batch_size // num_examples``."""
-        return _check_int(step, "step", minimum=0) * self.batch_size // self.num_examples
+        return _check_count(step, "step", minimum=0) * self.batch_size // self.num_examples
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -388,7 +374,7 @@ class ImageBatches:
         return out
 
     def _check_step(self, step: int) -> int:
-        step = _check_int(step, "step", minimum=0)
+        step = _check_count(step, "step", minimum=0)
         if self.num_steps is not None and step >= self.num_steps:
             raise ValueError(
                 f"step {step} is past the end of the stream ({self.num_steps} steps for "
@@ -435,8 +421,8 @@ class ImageBatches:
         Returns:
             ``{"x": float32 (count, batch_size, h, w, c), "label": int32 (count, batch_size)}``.
         """
-        start_step = _check_int(start_step, "start_step", minimum=0)
-        count = _check_int(count, "count", minimum=0)
+        start_step = _check_count(start_step, "start_step", minimum=0)
+        count = _check_count(count, "count", minimum=0)
         out = {
             "x": np.empty((count, self.batch_size, *self.data_shape), dtype=np.float32),
             "label": np.empty((count, self.batch_size), dtype=np.int32),

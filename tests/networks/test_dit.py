@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _conditioning import assert_labels_condition_the_output
 from flax import nnx
 
 from genflow.networks import DiT, FrozenParam, ModelFn, as_model_fn, sincos_position_embedding
@@ -169,15 +170,7 @@ def test_position_embedding_is_frozen_2d_sincos(model):
 def test_every_label_gives_a_different_output_and_none_is_the_null_class(nudged):
     graphdef, params, rest = nudged
     fn = ModelFn(graphdef, (params, rest))
-    x, t = inputs()
-    x, t = jnp.broadcast_to(x[:1], x.shape), jnp.broadcast_to(t[:1], t.shape)  # same input
-    y = np.asarray(apply(fn, x, t, jnp.arange(B)))  # labels 0 .. K (K = null)
-    for a in range(B):
-        for b in range(a + 1, B):
-            assert np.abs(y[a] - y[b]).max() > 1e-3, (a, b)
-    y_none = np.asarray(apply(fn, x, t, None))
-    np.testing.assert_allclose(y_none, np.broadcast_to(y[K], y.shape), rtol=1e-5, atol=1e-6)
-    assert np.abs(y_none).max() > 1e-2
+    assert_labels_condition_the_output(apply, fn, *inputs(), num_labels=B, null=K)  # K: null
 
 
 def test_unconditional_model_rejects_cond():

@@ -84,6 +84,16 @@ def lognormal_log_density(x, x0, t):
     return -jnp.log(x) - 0.5 * jnp.log(2 * math.pi * v) - (jnp.log(x) - m) ** 2 / (2 * v)
 
 
+def lognormal_data_score(m0, v0):
+    """Exact score ``(x, t, cond) -> grad log p_t`` for data with log x0 ~ N(m0, v0)."""
+
+    def score(x, t, cond=None):
+        t = t[:, None]
+        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + SIGMA**2 * t)) / x
+
+    return score
+
+
 def assert_within(est, truth, se, k=5.0, slack=0.0, what=""):
     assert abs(est - truth) <= k * se + slack, f"{what}: {est} vs {truth} (se {se})"
 
@@ -285,11 +295,7 @@ def test_samplers_from_prior_recover_lognormal_data(method):
     m0, s0 = 0.3, 0.25
     proc = GeometricBrownianMotion(mu=MU, sigma=SIGMA, data_log_mean=m0, data_log_std=s0)
 
-    def score(x, t, cond=None):
-        t = t[:, None]
-        m_t, v_t = m0 + DRIFT * t, s0**2 + SIGMA**2 * t
-        return (-1.0 - (jnp.log(x) - m_t) / v_t) / x
-
+    score = lognormal_data_score(m0, s0**2)
     res = sample_gbm(score, proc, key=jax.random.key(8), shape=(N_SAMPLES, 1), num_steps=200,
                      method=method, t_end=0.0, dtype=jnp.float64)
     y = np.log(np.asarray(res.x))[:, 0]
@@ -349,9 +355,7 @@ def test_loss_at_exact_score_equals_closed_form_minimum():
     m0, s0, t_min, t_max = 0.3, 0.4, 1e-5, 1.0
     v0, s2 = s0**2, SIGMA**2
 
-    def score(x, t, cond=None):
-        t = t[:, None]
-        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + s2 * t)) / x
+    score = lognormal_data_score(m0, s0**2)
 
     def one(key):
         k1, k2 = jax.random.split(key)
@@ -418,9 +422,7 @@ def test_log_grid_and_final_tweedie_step_on_lognormal_data():
     v0, v_end = s0**2, s0**2 + SIGMA**2 * t_end
     proc = GeometricBrownianMotion(mu=MU, sigma=SIGMA, data_log_mean=m0, data_log_std=s0)
 
-    def score(x, t, cond=None):
-        t = t[:, None]
-        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + SIGMA**2 * t)) / x
+    score = lognormal_data_score(m0, s0**2)
 
     kw = dict(key=jax.random.key(9), shape=(N_SAMPLES, 1), num_steps=200, grid="log",
               t_end=t_end, dtype=jnp.float64)
@@ -442,9 +444,7 @@ def test_log_uniform_time_sampling_has_its_closed_form_minimum():
     m0, s0, t_min, t_max = 0.3, 0.4, 1e-5, 1.0
     v0, s2 = s0**2, SIGMA**2
 
-    def score(x, t, cond=None):
-        t = t[:, None]
-        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + s2 * t)) / x
+    score = lognormal_data_score(m0, s0**2)
 
     def one(key):
         k1, k2 = jax.random.split(key)

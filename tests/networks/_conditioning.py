@@ -1,0 +1,17 @@
+"""A check shared by the image-network tests: class labels condition the output."""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def assert_labels_condition_the_output(apply, fn, x, t, num_labels: int, null: int) -> None:
+    """On one repeated input, labels ``0 .. num_labels - 1`` give pairwise different outputs,
+    and ``cond=None`` gives exactly the output of the null label ``null``."""
+    x, t = jnp.broadcast_to(x[:1], x.shape), jnp.broadcast_to(t[:1], t.shape)  # same input
+    y = np.asarray(apply(fn, x, t, jnp.arange(num_labels)))
+    for a in range(num_labels):
+        for b in range(a + 1, num_labels):
+            assert np.abs(y[a] - y[b]).max() > 1e-3, (a, b)
+    y_none = np.asarray(apply(fn, x, t, None))
+    np.testing.assert_allclose(y_none, np.broadcast_to(y[null], y.shape), rtol=1e-5, atol=1e-6)
+    assert np.abs(y_none).max() > 1e-2
