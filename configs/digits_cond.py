@@ -40,6 +40,6 @@ def get_config() -> Config:
             log_every=100,
             checkpoint_every=1000,
         ),
-        sample=SampleConfig(sampler="dpm_solver++_2m", num_steps=50, grid="uniform",
+        sample=SampleConfig(sampler="dpm_solver++_2m", num_steps=50, grid="log_snr",
                             num_samples=1000),
     )
