@@ -549,9 +549,20 @@ class Config:
             raise ConfigError(
                 "data.pairs (reflow) has no labels to condition on; set model.num_classes=0."
             )
-        if mc.name in IMAGE_MODELS and family != "gaussian":
+        if mc.name in IMAGE_MODELS and family == "interpolant" and "+" in self.train.prediction:
             raise ConfigError(
-                f"model.name={mc.name!r} trains Gaussian paths only for now, not process {name}."
+                f"model.name={mc.name!r} predicts one field; train.prediction="
+                f"{self.train.prediction!r} asks for two: use train.prediction=b (ODE sampling)."
+            )
+        if images and dc.source:
+            raise ConfigError(
+                f"data.source={dc.source!r} is a toy set; an image interpolant starts from "
+                "N(0, I): leave data.source empty."
+            )
+        if images and family == "gbm" and dc.scale > 1.0:
+            raise ConfigError(
+                f"gbm maps images in [-1, 1] onto [1, 2]; data.scale={dc.scale} takes them "
+                "outside: use data.scale <= 1."
             )
 
     def _check_interpolant(self) -> None:

@@ -178,9 +178,13 @@ def _image_batch_fn(config: Config) -> Batches:
                 f"set model.num_classes={have}."
             )
 
+    gbm = process_family(config.process) == "gbm"
+
     def batches(step, k):
         out = data.batches(step, k)
         x = out["x"] if dc.scale == 1.0 else np.float32(dc.scale) * out["x"]
+        if gbm:  # images in [-1, 1] onto [1, 2]
+            x = np.asarray(processes.to_positive(x), np.float32)
         if num_classes > 0:
             return {"x": x, "cond": out["label"]}
         return {"x": x}
