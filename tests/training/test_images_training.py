@@ -161,8 +161,9 @@ def test_drop_labels():
         (["model.dropout=1.0"], "model.dropout"),
         (["train.label_dropout=1.0"], "train.label_dropout"),
         (["data.random_flip=true"], "data.random_flip"),  # an image-only field on toy data
-        (["data.name=digits", "model.name=dit", "process=gbm",
-          "train.prediction=eps", "sample.sampler=gbm_exponential"], "model.name"),
+        (["data.name=digits", "model.name=dit", "process=stochastic_interpolant",  # 2 fields
+          "train.prediction=b+eta", "train.t_min=1e-3", "sample.sampler=interpolant_heun"],
+         "model.name"),
     ],
 )
 def test_image_config_errors_name_the_field(overrides, key):
