@@ -15,3 +15,18 @@ def assert_labels_condition_the_output(apply, fn, x, t, num_labels: int, null: i
     y_none = np.asarray(apply(fn, x, t, None))
     np.testing.assert_allclose(y_none, np.broadcast_to(y[null], y.shape), rtol=1e-5, atol=1e-6)
     assert np.abs(y_none).max() > 1e-2
+
+
+def nudge(model):
+    """Every parameter of ``model`` moved randomly off its initial value (the zero-initialised
+    layers would otherwise hide the rest of the network), as ``(graphdef, params, rest)``."""
+    from flax import nnx
+    import jax
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda p: jnp.asarray(np.asarray(p) + 0.2 * rng.standard_normal(p.shape).astype(p.dtype)),
+        params,
+    )
+    return graphdef, params, rest

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _conditioning import assert_labels_condition_the_output
+from _conditioning import assert_labels_condition_the_output, nudge
 from flax import nnx
 
 from genflow.networks import DiT, FrozenParam, ModelFn, as_model_fn, sincos_position_embedding
@@ -43,15 +43,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def nudged(model):
-    """Every parameter moved randomly off its initial value (the zero-initialised gates and
-    output layer would otherwise hide the rest of the network), as ``(graphdef, params, rest)``."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(
-        lambda p: jnp.asarray(np.asarray(p) + 0.2 * rng.standard_normal(p.shape).astype(p.dtype)),
-        params,
-    )
-    return graphdef, params, rest
+    return nudge(model)
 
 
 def inputs(seed=0):
