@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,6 +28,12 @@ class ModelFn:
         module = nnx.merge(self.graphdef, *self.states)
         return module(x, t, cond)
 
+    def log_density(self, x: Array, t: Array, cond: Array | None = None) -> Array:
+        """The module's scalar ``log_density(x, t, cond)`` (networks built with
+        ``output="log_density"``, whose ``model_fn`` is its x-gradient, the score)."""
+        module = nnx.merge(self.graphdef, *self.states)
+        return module.log_density(x, t, cond)
+
 
 def as_model_fn(module: nnx.Module) -> ModelFn:
     """Snapshot ``module`` into a :class:`ModelFn` (later changes to the module are not seen)."""
@@ -35,3 +42,61 @@ def as_model_fn(module: nnx.Module) -> ModelFn:
     # assignments to the module's variables do not leak into this snapshot.
     state = jax.tree.map(lambda leaf: leaf, state)
     return ModelFn(graphdef, (state,))
+
+
+class ValueModelFn:
+    """A pure model function that also exposes the network's self-attention values.
+
+    ``fn(x, t, cond=None, *, values=None, return_values=False)``: the plain call is a
+    ``model_fn``; ``return_values=True`` also returns the per-block value tensors and
+    ``values=(v_0, ..., v_{L-1})`` replaces them (``None`` entries compute normally), as the
+    module's own hook defines (e.g. :class:`genflow.networks.DiT`). It follows the samplers'
+    :class:`genflow.samplers.ValueModelFn` protocol (``supports_value_injection = True``), which
+    :func:`genflow.samplers.edit` needs for ``share_values_steps > 0``.
+
+    Like :class:`ModelFn` it is a pytree (leaves: the module's arrays; static: the graph
+    definition), registered as its own node type so that a jitted function never confuses it
+    with a :class:`ModelFn` of the same module.
+    """
+
+    supports_value_injection = True
+
+    def __init__(self, graphdef: Any, states: tuple = ()):
+        self.graphdef = graphdef
+        self.states = tuple(states)
+
+    def __call__(
+        self,
+        x: Array,
+        t: Array,
+        cond: Array | None = None,
+        *,
+        values: Sequence[Array | None] | None = None,
+        return_values: bool = False,
+    ) -> Array | tuple[Array, tuple[Array, ...]]:
+        module = nnx.merge(self.graphdef, *self.states)
+        return module(x, t, cond, values=values, return_values=return_values)
+
+
+jax.tree_util.register_pytree_with_keys(
+    ValueModelFn,
+    lambda fn: (((jax.tree_util.GetAttrKey("states"), fn.states),), fn.graphdef),
+    lambda graphdef, children: ValueModelFn(graphdef, children[0]),
+    lambda fn: ((fn.states,), fn.graphdef),
+)
+
+
+def as_value_model_fn(module: nnx.Module) -> ValueModelFn:
+    """Snapshot a module with an attention-value hook into a :class:`ValueModelFn`.
+
+    Raises:
+      TypeError: if the module has no value hook (``supports_value_injection`` is not true).
+    """
+    if getattr(module, "supports_value_injection", False) is not True:
+        raise TypeError(
+            f"{type(module).__name__} has no attention-value hook (supports_value_injection); "
+            "use a network that has one, such as genflow.networks.DiT, or edit without value "
+            "sharing (share_values_steps=0) through as_model_fn(module)."
+        )
+    plain = as_model_fn(module)
+    return ValueModelFn(plain.graphdef, plain.states)

@@ -41,6 +41,11 @@ class MLP(nnx.Module):
       num_fields: number of outputs shaped like ``x``, concatenated along the last axis
         (``(b, num_fields * d)``); a stochastic interpolant learns its drift and its denoiser
         with one network this way.
+      output: ``"field"`` (the above) or ``"log_density"``: a scalar head
+        ``phi(x, t) = head(h) + (1/2) sum_i a_i(t) x_i^2`` (:meth:`log_density`), and the
+        network's output is ``grad_x phi = grad_x head(h) + a(t) * x``, a gradient field by
+        construction, to be read as a score (the quadratic term is the counterpart of the
+        field's linear skip path). One field only.
       rngs: parameter initialisation randomness.
     """
 
@@ -54,10 +59,17 @@ class MLP(nnx.Module):
         embed_dim: int = 64,
         num_classes: int = 0,
         num_fields: int = 1,
+        output: str = "field",
         rngs: nnx.Rngs,
     ):
         if num_fields < 1:
             raise ValueError(f"num_fields must be >= 1, got {num_fields}.")
+        if output not in ("field", "log_density") or (output == "log_density" and num_fields != 1):
+            raise ValueError(
+                f"output must be 'field' or 'log_density' (with num_fields=1), got {output!r} "
+                f"with num_fields={num_fields}."
+            )
+        self.output = output
         self.data_dim = data_dim
         self.num_classes = num_classes
         self.num_fields = num_fields
@@ -70,15 +82,11 @@ class MLP(nnx.Module):
         self.inp = nnx.Linear(data_dim, hidden, rngs=rngs)
         self.blocks = nnx.List([_ResidualBlock(hidden, rngs=rngs) for _ in range(depth)])
         zeros = nnx.initializers.zeros_init()
-        self.out = nnx.Linear(hidden, num_fields * data_dim, kernel_init=zeros, rngs=rngs)
+        out_dim = 1 if output == "log_density" else num_fields * data_dim
+        self.out = nnx.Linear(hidden, out_dim, kernel_init=zeros, rngs=rngs)
         self.skip_gain = nnx.Linear(hidden, num_fields * data_dim, kernel_init=zeros, rngs=rngs)
 
-    def __call__(
-        self,
-        x: Float[Array, "b d"],
-        t: Float[Array, "b"],
-        cond: Int[Array, "b"] | None = None,
-    ) -> Float[Array, "b d"]:
+    def _features(self, x: Array, t: Array, cond: Array | None) -> tuple[Array, Array]:
         c = self.time_fc2(jax.nn.silu(self.time_fc1(self.time_embed(t))))
         if self.class_embed is not None:
             if cond is None:
@@ -88,6 +96,32 @@ class MLP(nnx.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, c)
+        return h, c
+
+    def log_density(
+        self,
+        x: Float[Array, "b d"],
+        t: Float[Array, "b"],
+        cond: Int[Array, "b"] | None = None,
+    ) -> Float[Array, "b"]:
+        """The scalar ``phi(x, t)`` of an ``output="log_density"`` network: an unnormalised
+        log-density, determined by training only up to an additive function of ``t``."""
+        if self.output != "log_density":
+            raise ValueError("log_density() needs a network built with output='log_density'.")
+        h, c = self._features(x, t, cond)
+        quad = 0.5 * jnp.sum(self.skip_gain(c) * x**2, axis=-1)
+        return self.out(jax.nn.silu(h))[:, 0] + quad
+
+    def __call__(
+        self,
+        x: Float[Array, "b d"],
+        t: Float[Array, "b"],
+        cond: Int[Array, "b"] | None = None,
+    ) -> Float[Array, "b d"]:
+        if self.output == "log_density":  # examples are independent: the gradient of the sum
+            grad = jax.grad(lambda y: jnp.sum(self.log_density(y, t, cond)))(x)
+            return grad.astype(x.dtype)
+        h, c = self._features(x, t, cond)
         # A time-dependent linear path from x to the output: far from the data every target
         # (eps, x0, v, velocity, score) is affine in x, and normalised layers alone saturate
         # there, which sends probability-flow trajectories from the prior's tails astray.

@@ -23,6 +23,14 @@ from genflow.samplers._ddim import DDIM as DDIM
 from genflow.samplers._dpm_adaptive import sample_dpm_adaptive as sample_dpm_adaptive
 from genflow.samplers._dpm_singlestep import DPMSolverSinglestep as DPMSolverSinglestep
 from genflow.samplers._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
+from genflow.samplers._editing import (
+    EditResult as EditResult,
+    ValueModelFn as ValueModelFn,
+    edit as edit,
+    reconstruction_error as reconstruction_error,
+    round_trip as round_trip,
+    supports_value_injection as supports_value_injection,
+)
 from genflow.samplers._edm import EDMHeun as EDMHeun
 from genflow.samplers._grids import (
     karras as karras,
@@ -47,6 +55,7 @@ from genflow.samplers._pc import (
     PredictorCorrector as PredictorCorrector,
     ReverseDiffusionPredictor as ReverseDiffusionPredictor,
 )
+from genflow.samplers._rf_solver import RFSolver as RFSolver
 from genflow.samplers._sample import invert as invert, sample as sample
 from genflow.samplers._sde import EulerMaruyama as EulerMaruyama
 
@@ -60,6 +69,7 @@ __all__ = [
     "Denoiser",
     "DynamicThresholding",
     "EDMHeun",
+    "EditResult",
     "Euler",
     "EulerMaruyama",
     "EulerMaruyamaPredictor",
@@ -69,18 +79,24 @@ __all__ = [
     "NoCorrector",
     "NoPredictor",
     "PredictorCorrector",
+    "RFSolver",
     "ReverseDiffusionPredictor",
     "SampleResult",
+    "ValueModelFn",
     "colorization_matrix",
     "colorize",
+    "edit",
     "guided",
     "inpaint",
     "invert",
     "karras",
     "log_snr_uniform",
     "quadratic",
+    "reconstruction_error",
+    "round_trip",
     "sample",
     "sample_adaptive",
     "sample_dpm_adaptive",
+    "supports_value_injection",
     "uniform",
 ]
