@@ -1,8 +1,71 @@
 """Evaluation metrics."""
 
 from genflow.metrics._distances import (
+    DEFAULT_MMD_SCALES as DEFAULT_MMD_SCALES,
+    MixtureComponentReport as MixtureComponentReport,
+    energy_distance as energy_distance,
+    mixture_component_report as mixture_component_report,
+    mmd as mmd,
     sliced_wasserstein2 as sliced_wasserstein2,
     sliced_wasserstein2_floor as sliced_wasserstein2_floor,
 )
+from genflow.metrics._fallback_features import (
+    DigitsMLPFeatures as DigitsMLPFeatures,
+    digits_feature_extractor as digits_feature_extractor,
+    train_digits_mlp as train_digits_mlp,
+)
+from genflow.metrics._fid import (
+    INCEPTION_FID_NAME as INCEPTION_FID_NAME,
+    FeatureExtractor as FeatureExtractor,
+    extract_features as extract_features,
+    feature_statistics as feature_statistics,
+    frechet_distance as frechet_distance,
+    frechet_distance_from_features as frechet_distance_from_features,
+    frechet_label as frechet_label,
+    kid as kid,
+)
+from genflow.metrics._likelihood import (
+    LikelihoodResult as LikelihoodResult,
+    bits_per_dim as bits_per_dim,
+    dequantize as dequantize,
+    log_likelihood as log_likelihood,
+    log_likelihood_from_velocity as log_likelihood_from_velocity,
+    log_prob_to_bits_per_dim as log_prob_to_bits_per_dim,
+    marginal_log_prob as marginal_log_prob,
+)
+from genflow.metrics._ode_sde_gap import (
+    OdeSdeGap as OdeSdeGap,
+    ode_sde_gap as ode_sde_gap,
+    residual_profile as residual_profile,
+)
 
-__all__ = ["sliced_wasserstein2", "sliced_wasserstein2_floor"]
+__all__ = [
+    "DEFAULT_MMD_SCALES",
+    "DigitsMLPFeatures",
+    "FeatureExtractor",
+    "INCEPTION_FID_NAME",
+    "LikelihoodResult",
+    "MixtureComponentReport",
+    "OdeSdeGap",
+    "bits_per_dim",
+    "dequantize",
+    "digits_feature_extractor",
+    "energy_distance",
+    "extract_features",
+    "feature_statistics",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "frechet_label",
+    "kid",
+    "log_likelihood",
+    "log_likelihood_from_velocity",
+    "log_prob_to_bits_per_dim",
+    "marginal_log_prob",
+    "mixture_component_report",
+    "mmd",
+    "ode_sde_gap",
+    "residual_profile",
+    "sliced_wasserstein2",
+    "sliced_wasserstein2_floor",
+    "train_digits_mlp",
+]

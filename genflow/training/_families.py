@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genflow import losses, processes, samplers
+from genflow import fokker_planck, losses, processes, samplers
 from genflow.config import (
     ADAPTIVE_SAMPLERS,
     GRIDS,
@@ -210,8 +210,17 @@ def make_loss(config: Config) -> Callable[[Any, dict, jax.Array], jax.Array]:
     family = process_family(process)
     if family == "gaussian":
         weighting = make_weighting(tc.weighting)
+        log_density = config.model.output == "log_density"
 
         def gaussian_loss(model_fn, batch, key):
+            if tc.fp_weight > 0:  # DSM + w E|R|^2 (see genflow.fokker_planck)
+                return fokker_planck.fp_regularized_loss(
+                    model_fn, process, batch["x"], key=key, weight=tc.fp_weight,
+                    prediction=tc.prediction, weighting=weighting, t_min=tc.t_min,
+                    num_points=tc.fp_points, divergence=tc.fp_divergence,
+                    log_density_fn=model_fn.log_density if log_density else None,
+                    cond=batch.get("cond"), eps=batch.get("eps"),
+                )
             return losses.denoising_loss(
                 model_fn, process, batch["x"], key=key, prediction=tc.prediction,
                 weighting=weighting, t_min=tc.t_min, cond=batch.get("cond"),

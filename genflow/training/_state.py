@@ -106,6 +106,7 @@ def _construct(
             embed_dim=config.embed_dim,
             num_classes=config.num_classes,
             num_fields=num_fields,
+            output=config.output,
             rngs=nnx.Rngs(seed),
         )
     raise ValueError(f"unknown model {config.name!r}.")
