@@ -80,6 +80,12 @@ SOLVERS: dict[str, Callable[[], samplers.AbstractSolver]] = {
     "dpm_solver++_3s": functools.partial(
         samplers.DPMSolverSinglestep, order=3, algorithm="dpmsolver++"
     ),
+    # RF-Solver (Wang et al. 2024): second- and third-order Taylor steps of the ODE velocity.
+    "rf_solver_2": functools.partial(samplers.RFSolver, order=2),
+    "rf_solver_3": functools.partial(samplers.RFSolver, order=3),
+    # The probability-flow ODE (Heun) of a model trained with the Fokker-Planck regularizer
+    # (train.fp_weight > 0); Config refuses it for other runs (see Config._check_fokker_planck).
+    "fp_ode": samplers.Heun,
 }
 # Adaptive-step samplers are functions (their NFE depends on the data), with their options.
 ADAPTIVE_SAMPLERS: dict[str, tuple[Callable[..., samplers.SampleResult], tuple[str, ...]]] = {
@@ -112,6 +118,8 @@ WEIGHTINGS: dict[str, type] = {
 MODELS = ("mlp", "unet", "dit")
 IMAGE_MODELS = ("unet", "dit")
 PRECONDITIONINGS = ("none", "edm")
+MODEL_OUTPUTS = ("field", "log_density")
+FP_DIVERGENCES = ("exact", "hutchinson")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 LR_DECAYS = ("cosine", "constant")
 
@@ -291,9 +299,13 @@ class ModelConfig:
     patch_size: int = 2
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    # "field": outputs shaped like the data; "log_density" (MLP only): a scalar phi(x, t) whose
+    # x-gradient is the output, a score by construction (train.prediction must be "score").
+    output: str = "field"
 
     def __post_init__(self):
         _choose("model", self.name, MODELS)
+        _choose("model output", self.output, MODEL_OUTPUTS)
         _positive(
             "model", channels=self.channels, num_res_blocks=self.num_res_blocks,
             patch_size=self.patch_size, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
@@ -346,6 +358,9 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    # Every this many steps, WORKDIR/samples/step_NNNNNNN.png shows samples drawn with the
+    # EMA weights and config.sample's sampler (100 images or 2,000 points); 0: never.
+    sample_every: int = 0
     seed: int = 0
     # How training times are drawn: "uniform" in [t_min, 1], or "log_uniform" (log t uniform;
     # gbm only), which gives every decade of the noise scale the same share of the batch.
@@ -353,6 +368,12 @@ class TrainConfig:
     # Class-conditional models: the probability that a training label is replaced by the
     # null class model.num_classes (classifier-free guidance), drawn inside the jitted step.
     label_dropout: float = 0.1
+    # Fokker-Planck regularizer (genflow.fokker_planck; Gaussian paths with a finite SDE):
+    # loss = DSM + fp_weight * E|R|^2 over fp_points collocation points per step, with the
+    # divergence of the score computed "exact"ly (Jacobian trace) or by "hutchinson" probes.
+    fp_weight: float = 0.0
+    fp_points: int = 64
+    fp_divergence: str = "exact"
 
     def __post_init__(self):
         _positive(
@@ -365,7 +386,8 @@ class TrainConfig:
             checkpoint_every=self.checkpoint_every,
             keep_checkpoints=self.keep_checkpoints,
         )
-        _non_negative("train", warmup_steps=self.warmup_steps, weight_decay=self.weight_decay)
+        _non_negative("train", warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                      sample_every=self.sample_every)
         _choose("learning-rate decay", self.lr_decay, LR_DECAYS)
         # prediction and weighting depend on the process: checked by Config.
         if not 0.0 <= self.ema_decay < 1.0:
@@ -373,6 +395,9 @@ class TrainConfig:
         if not 0.0 <= self.t_min < 1.0:
             raise ConfigError(f"train.t_min must lie in [0, 1), got {self.t_min}.")
         _choose("time sampling", self.t_sampling, T_SAMPLINGS)
+        _non_negative("train", fp_weight=self.fp_weight)
+        _positive("train", fp_points=self.fp_points)
+        _choose("train.fp_divergence", self.fp_divergence, FP_DIVERGENCES)
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(
                 f"train.label_dropout must lie in [0, 1), got {self.label_dropout}."
@@ -515,6 +540,7 @@ class Config:
         if self.data.pairs and family != "gaussian":
             raise ConfigError(f"data.pairs (reflow) needs a Gaussian path, not process {name}.")
         self._check_model_data(family, name)
+        self._check_fokker_planck(family, name)
         classes = self.model.num_classes
         if classes == 0 and (sc.label != -1 or sc.guidance != 1.0):
             raise ConfigError(
@@ -563,6 +589,41 @@ class Config:
             raise ConfigError(
                 f"gbm maps images in [-1, 1] onto [1, 2]; data.scale={dc.scale} takes them "
                 "outside: use data.scale <= 1."
+            )
+
+    def _check_fokker_planck(self, family: str, name: str) -> None:
+        """``train.fp_weight``, ``model.output="log_density"`` and ``sample.sampler=fp_ode``.
+
+        ``fp_ode`` is the probability-flow ODE of a model trained with ``fp_weight > 0``: the
+        regularizer is what makes the ODE's and the reverse SDE's distributions agree. A
+        log-density model alone is a conservative field but not a solution of the Fokker-Planck
+        equation, so it does not qualify.
+        """
+        tc, mc = self.train, self.model
+        if tc.fp_weight > 0:
+            ok = family == "gaussian"
+            if ok:  # f_t and g_t^2 finite (g^2 > 0) on [t_min, 1]: rectified flow's f is not
+                f, g2 = self.process.sde(np.array([max(tc.t_min, 1e-6), 0.5, 1.0]))
+                ok = bool(np.all(np.isfinite(f)) and np.all(np.isfinite(g2)) and np.all(g2 > 0))
+            if not ok:
+                raise ConfigError(
+                    f"train.fp_weight > 0 needs a Gaussian path whose forward SDE is finite on "
+                    f"[train.t_min, 1] (vp_linear, vp_cosine, sub_vp, ve, edm); process {name} "
+                    "has none: set train.fp_weight=0."
+                )
+        if self.sample.sampler == "fp_ode" and not tc.fp_weight > 0:
+            raise ConfigError(
+                "sample.sampler=fp_ode is the probability-flow ODE of a model trained with the "
+                "Fokker-Planck regularizer; this run has train.fp_weight=0: use sampler heun."
+            )
+        if mc.output == "log_density" and (
+            mc.name != "mlp" or family != "gaussian" or tc.prediction != "score"
+            or mc.precondition != "none"
+        ):
+            raise ConfigError(
+                "model.output='log_density' is an MLP whose x-gradient is the score of a Gaussian "
+                "path: use model.name=mlp, train.prediction=score and model.precondition=none "
+                f"(got {mc.name}, {tc.prediction!r}, process {name})."
             )
 
     def _check_interpolant(self) -> None:
