@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
-from genflow.prediction import Prediction
+from genflow.prediction import Prediction, from_x0_eps, to_x0_eps
 from genflow.processes._base import AbstractGaussianPath, broadcast_to_data, pytree_dataclass
 from genflow.samplers._base import AbstractSolver, Denoiser, ModelFn, SampleResult
 from genflow.samplers._grids import uniform
@@ -60,6 +60,7 @@ def inpaint(
     t_end: float = 1e-3,
     cond: Any = None,
     thresholding: Callable[[Array], Array] | None = None,
+    reconstruction_weight: float = 0.0,
     return_trajectory: bool = False,
 ) -> SampleResult:
     r"""Fill in the unknown entries of ``x_known`` with any solver (replacement method).
@@ -89,6 +90,22 @@ def inpaint(
       fresh noise those outputs would have seen known entries that jump randomly from step to
       step, and the divided differences would carry those jumps.
 
+    **Reconstruction guidance** (``reconstruction_weight = w > 0``; Ho et al. 2022, "Video
+    Diffusion Models", Sec. 3.1) counters the bias of replacement: the model's data estimate is
+    pulled towards agreement with the known entries *as a function of the whole* ``x_t``::
+
+        x0_hat'(x_t) = x0_hat(x_t) - w * grad_{x_t} 1/2 || M (x0_hat(x_t) - x_known) ||^2
+
+    and the solver sees ``x0_hat'`` with ``eps_hat' = (x_t - alpha_t x0_hat') / sigma_t``. The
+    gradient reaches the unknown entries through the network, which is what moves them towards
+    ``p(u | k_0)``. This is the score of a Gaussian likelihood ``p(x_known | x_t)`` centred at
+    ``x0_hat`` with variance ``sigma_t^2 / (alpha_t w)``; Ho et al. scale the step by
+    ``alpha_t`` as well (weight ``w alpha_t``), which takes a larger ``w`` for the same effect at
+    high noise. Every model evaluation then also costs a backward pass through the network
+    (``nfe`` still counts evaluations). On the 8x8 digits (``scripts/eval_digits.py``) it raised
+    the agreement of a classifier with the half-masked digit from 0.51 to about 0.69 at
+    ``w = 10..20``.
+
     The projection runs after every iteration of the solver's grid, so it works with every
     solver: a multistep solver keeps the model outputs at the projected states in its history
     (that is what the model saw); singlestep DPM-Solver, whose grid holds its intermediate
@@ -115,6 +132,8 @@ def inpaint(
       num_steps, ts, grid, t_start, t_end: the time grid, as in :func:`sample`.
       cond: conditioning passed to ``model_fn`` unchanged.
       thresholding: a correction of ``x0_hat``, as in :func:`sample`.
+      reconstruction_weight: ``w >= 0`` of the reconstruction guidance above (0: plain
+        replacement).
       return_trajectory: also return every intermediate (projected) state.
 
     Returns:
@@ -122,7 +141,8 @@ def inpaint(
 
     Raises:
       ValueError: if ``mask`` does not broadcast to ``x_known``'s shape or has values other
-        than 0 and 1 (checked before any computation).
+        than 0 and 1, or ``reconstruction_weight`` is negative (checked before any
+        computation).
     """
     _check_solver(solver)
     x_known = jnp.asarray(x_known)
@@ -134,8 +154,16 @@ def inpaint(
     if not jnp.issubdtype(x_known.dtype, jnp.floating):
         x_known = x_known.astype(jnp.result_type(float))
     known = _check_mask(mask, x_known.shape)
+    if isinstance(reconstruction_weight, (int, float)) and not reconstruction_weight >= 0:
+        raise ValueError(
+            f"reconstruction_weight must be >= 0 (0 turns the guidance off), got "
+            f"{reconstruction_weight}."
+        )
     ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid,
                     t_start=t_start, t_end=t_end, increasing=False)
+    if not (isinstance(reconstruction_weight, (int, float)) and reconstruction_weight == 0):
+        model_fn = _reconstruction_guided(model_fn, process, prediction, known, x_known,
+                                          reconstruction_weight)
 
     key_prior, key_noise, key_steps = jax.random.split(key, 3)
     eps = jax.random.normal(key_noise, x_known.shape, x_known.dtype)
@@ -171,6 +199,7 @@ def colorize(
     t_end: float = 1e-3,
     cond: Any = None,
     thresholding: Callable[[Array], Array] | None = None,
+    reconstruction_weight: float = 0.0,
     return_trajectory: bool = False,
 ) -> SampleResult:
     r"""Colour RGB images whose gray level (the mean of the channels) is known.
@@ -194,7 +223,8 @@ def colorize(
     Args:
       model_fn: a model of RGB images ``(b, ..., 3)``, channels last.
       process, solver, key, prediction, num_steps, ts, grid, t_start, t_end, cond,
-      thresholding, return_trajectory: as in :func:`inpaint`.
+      thresholding, reconstruction_weight, return_trajectory: as in :func:`inpaint` (the
+        guidance pulls the data estimate's gray level towards ``gray``).
       gray: ``(b, ..., 1)``, e.g. ``(b, H, W, 1)``: the per-pixel mean of the three channels
         (in the model's data scale).
 
@@ -235,7 +265,8 @@ def colorize(
     result = inpaint(
         model_y, process, solver, key=key, x_known=y_known, mask=mask, prediction=prediction,
         num_steps=num_steps, ts=ts, grid=grid, t_start=t_start, t_end=t_end, cond=cond,
-        thresholding=thresholding_y, return_trajectory=return_trajectory,
+        thresholding=thresholding_y, reconstruction_weight=reconstruction_weight,
+        return_trajectory=return_trajectory,
     )
     trajectory = None if result.trajectory is None else result.trajectory @ q
     return SampleResult(x=result.x @ q, trajectory=trajectory, nfe=result.nfe)
@@ -304,6 +335,27 @@ class _Replacement(AbstractSolver):
         x_next, state = self.inner.step(denoise, state, x, t_cur, t_next, key=key)
         x_next = x_next.astype(x.dtype)
         return _replace(denoise.process, self.known, self.x_known, eps, t_next, x_next), state
+
+
+def _reconstruction_guided(model_fn, process, prediction, known, x_known, weight) -> ModelFn:
+    """``model_fn`` whose data estimate is corrected by reconstruction guidance (see
+    :func:`inpaint`); it returns the same kind of prediction as ``model_fn``."""
+    kind = Prediction.parse(prediction)
+
+    def guided_fn(x, t, cond=None):
+        def mismatch(x):
+            pred = model_fn(x, t, cond)
+            x0, _ = to_x0_eps(process, kind, pred, x, t)
+            residual = jnp.where(known, x0 - x_known, 0.0)
+            return 0.5 * jnp.sum(residual**2), x0
+
+        grad, x0 = jax.grad(mismatch, has_aux=True)(x)
+        x0 = x0 - weight * grad
+        alpha, sigma = process.marginal(t)
+        eps = (x - broadcast_to_data(alpha, x) * x0) / broadcast_to_data(sigma, x)
+        return from_x0_eps(process, kind, x0, eps, x, t).astype(x.dtype)
+
+    return guided_fn
 
 
 def _replace(process, known, x_known, eps, t, x) -> Array:
