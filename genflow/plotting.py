@@ -179,6 +179,27 @@ def scatter_png(
     return out
 
 
+def class_grid(
+    images: np.ndarray, labels: np.ndarray | None, num_classes: int, per_row: int = 10
+) -> tuple[np.ndarray, int]:
+    """The images of a sample grid and its row length, for :func:`image_grid_png`.
+
+    At most ``per_row`` images per row and ``per_row`` rows. When the samples cover several
+    classes (``labels`` with more than one value), row ``c`` holds the first samples of class
+    ``c``; with fewer samples than classes they stay in drawing order.
+
+    Returns:
+      ``(images, nrow)``.
+    """
+    if labels is None or len(set(np.asarray(labels).tolist())) == 1:
+        return images[: per_row * per_row], per_row
+    per_class = min(per_row, len(images) // num_classes)
+    if per_class == 0:
+        return images, min(per_row, len(images))
+    rows = [images[labels == c][:per_class] for c in range(num_classes)]
+    return np.concatenate(rows), per_class
+
+
 def image_grid_png(
     path: str | os.PathLike[str],
     images: Any,

@@ -19,6 +19,10 @@ from genflow.training._families import (
     num_fields as num_fields,
     reference_data as reference_data,
 )
+from genflow.training._snapshots import (
+    SAMPLES_DIR as SAMPLES_DIR,
+    SampleSnapshots as SampleSnapshots,
+)
 from genflow.training._state import (
     Setup as Setup,
     TrainState as TrainState,
@@ -34,6 +38,8 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "METRICS_FILE",
+    "SAMPLES_DIR",
+    "SampleSnapshots",
     "check_workdir_compatible",
     "Checkpointer",
     "Setup",

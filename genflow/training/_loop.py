@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from genflow.config import Config, ConfigError, config_to_dict, load_config_json, save_config
 from genflow.training._families import data_shape_of, drop_labels, make_batches, make_loss
+from genflow.training._snapshots import SAMPLES_DIR, SampleSnapshots
 from genflow.training._state import (
     Setup,
     TrainState,
@@ -190,7 +191,7 @@ def train(
     """
     workdir = Path(workdir)
     if fresh:
-        for name in (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE):
+        for name in (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE, SAMPLES_DIR):
             path = workdir / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -211,6 +212,7 @@ def train(
     step = int(state.step)
 
     chunk = make_train_chunk(config, setup)
+    snapshots = SampleSnapshots(config, setup, workdir) if tc.sample_every else None
     schedule = learning_rate_schedule(tc)
     bar = tqdm(
         total=tc.num_steps, initial=step, disable=not progress, unit="step",
@@ -251,6 +253,8 @@ def train(
                         on_chunk(step, record)
                 if crossed(tc.checkpoint_every) or stop.requested:
                     ckpt.save(step, state)
+                if snapshots is not None and crossed(tc.sample_every):
+                    bar.write(f"step {step}: wrote {snapshots(step, state.ema)}")
                 if stop.requested:
                     break
     finally:
