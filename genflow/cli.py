@@ -1,4 +1,4 @@
-"""Command line: ``genflow train | sample | reflow | data prepare``.
+"""Command line: ``genflow train | sample | inpaint | evaluate | reflow | data prepare``.
 
 Every usage problem (a missing file, an unknown key, a bad value, a run without a
 checkpoint) is reported as one line on stderr with exit status 2, before anything is
@@ -40,7 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sa.add_argument(
         "--sampler", default=None,
         help="sampler name: euler, heun, ddim, euler_maruyama, pc, edm_heun, "
-        "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), dpm_solver_adaptive, ode_adaptive; "
+        "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), rf_solver_{2,3}, dpm_solver_adaptive, "
+        "ode_adaptive; "
         "for stochastic interpolants interpolant_heun, interpolant_euler, interpolant_sde; for "
         "GBM gbm_exponential, gbm_euler_maruyama (default: the config's)",
     )
@@ -70,6 +71,57 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", default=None,
         help="output path; FILE.png and FILE.npz are written (default: WORKDIR/samples)",
     )
+    ip = sub.add_parser(
+        "inpaint",
+        help="fill in the masked pixels of data-set images (or colour their gray levels) with a "
+        "trained image run (Gaussian paths)",
+    )
+    ip.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
+    ip.add_argument(
+        "--mask", default="bottom",
+        help="the part to generate: top, bottom, left, right (halves), center (the middle "
+        "quarter), random (half of the pixels), color (colour the gray level of RGB images), or "
+        "FILE.npy with 1 where a pixel is known, shaped (H, W) or (H, W, C) (default: bottom)",
+    )
+    ip.add_argument("--num", type=int, default=10, help="number of images (default 10)")
+    ip.add_argument("--split", default="test", help="data set split to take them from")
+    ip.add_argument("--reconstruction-weight", type=float, default=0.0, metavar="W",
+                    help="reconstruction guidance weight (0: plain replacement; e.g. 10)")
+    ip.add_argument("--label", type=int, default=None,
+                    help="class-conditional models: condition on this class (default: the "
+                    "null class, i.e. unconditional)")
+    ip.add_argument("--sampler", default=None, help="a fixed-step sampler (default: the config's)")
+    ip.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sampler option (repeatable)")
+    ip.add_argument("--steps", type=int, default=None, help="number of solver steps")
+    ip.add_argument("--grid", default=None, help="time grid: uniform, log_snr, quadratic, karras")
+    ip.add_argument("--seed", type=int, default=None, help="random seed")
+    ip.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
+    ip.add_argument("--out", default=None,
+                    help="output path; FILE.png (rows: originals, inputs, results) and FILE.npz "
+                    "are written (default: WORKDIR/inpaint)")
+    ip.set_defaults(threshold=None, t_start=None, guidance=None)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="likelihood and sample-quality metrics of a trained run (appended to its "
+        "metrics.jsonl)",
+    )
+    ev.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
+    ev.add_argument("--metrics", default="nll,sw2",
+                    help="comma-separated: nll (nats/dim on 2-D data, bits/dim on images), sw2, "
+                    "mmd, energy, fd, kid (images; FID/KID with --inception, else the digits' "
+                    "fallback features) (default: nll,sw2)")
+    ev.add_argument("--num", type=int, default=None,
+                    help="samples and held-out points (default: the config's num_samples; "
+                    "images: 1000 samples against the test split)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed")
+    ev.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
+    ev.add_argument("--probes", type=int, default=1,
+                    help="Hutchinson probes per image for nll on images (default 1)")
+    ev.add_argument("--inception", default=None, metavar="FILE.npz",
+                    help="FID Inception-v3 weights (see scripts/convert_fid_inception.py)")
+
     rf = sub.add_parser(
         "reflow",
         help="rectified flow's reflow: couple noise with the run's ODE samples, retrain on them",
@@ -269,7 +321,7 @@ def _run_sample(args) -> int:
 
     from genflow.config import is_image_dataset
     from genflow.metrics import sliced_wasserstein2, sliced_wasserstein2_floor
-    from genflow.plotting import image_grid_png, scatter_png
+    from genflow.plotting import class_grid, image_grid_png, scatter_png
     from genflow.training import make_sampling, model_fn_from, reference_data, restore_run
     from genflow.training._families import sample_labels
 
@@ -294,7 +346,7 @@ def _run_sample(args) -> int:
         **({} if labels is None else {"labels": labels, "guidance": sc.guidance}),
     )
     if is_image_dataset(config.data.name):
-        grid, nrow = _image_grid(x, labels, config.model.num_classes)
+        grid, nrow = class_grid(x, labels, config.model.num_classes)
         image_grid_png(out.with_suffix(".png"), grid, nrow=nrow)
         print(f"wrote {out.with_suffix('.npz')} and {out.with_suffix('.png')} (NFE {int(nfe)})")
         return 0
@@ -312,17 +364,173 @@ def _run_sample(args) -> int:
     return 0
 
 
-def _image_grid(x, labels, num_classes: int, per_row: int = 10):
-    """At most ``per_row`` images per row; for every-class samples, row ``c`` is class ``c``."""
+def _run_evaluate(args) -> int:
+    import json
+    import time
+
+    from genflow.config import load_config_json
+    from genflow.training import CONFIG_FILE, METRICS_FILE, has_checkpoint
+
+    workdir = Path(args.workdir)
+    if not (workdir / CONFIG_FILE).is_file() or not has_checkpoint(workdir / "checkpoints"):
+        raise UsageError(f"{workdir} holds no trained run (config.json and a checkpoint); train "
+                         "one with `genflow train --config FILE --workdir DIR`.")
+    if args.probes < 1:
+        raise UsageError(f"--probes must be >= 1, got {args.probes}.")
+    from genflow import evaluate
+
+    metrics = evaluate.parse_metrics(args.metrics)
+    evaluate.check_metrics(load_config_json(workdir / CONFIG_FILE), metrics, args.inception)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(metrics), unit="metric", dynamic_ncols=True)
+    results, info = evaluate.evaluate_run(
+        workdir, metrics, num=args.num, seed=args.seed, weights=args.weights,
+        num_probes=args.probes, inception=args.inception,
+        progress=lambda message: (bar.set_description(message), bar.update(0)),
+    )
+    bar.update(len(metrics))
+    bar.close()
+    print(f"checkpoint step {info['checkpoint_step']} ({args.weights} weights)"
+          + (f"; {info['num_samples']} samples with {info['sampler']}, NFE {info['nfe']}"
+             if "num_samples" in info else ""))
+    print("\n| metric | value | floor (data vs data) |\n|---|---|---|")
+    for r in results.values():
+        error = f" ± {r['std_error']:.4f}" if "std_error" in r else ""
+        error += f" (std over subsets {r['std']:.4g})" if "std" in r else ""
+        unit = f" {r['unit']}" if "unit" in r else ""
+        floor = f"{r['floor']:.4g}" if "floor" in r else "-"
+        print(f"| {r['label']} | {r['value']:.4g}{unit}{error} | {floor} |")
+    with open(workdir / METRICS_FILE, "a") as log:
+        log.write(json.dumps({"evaluate": results, **info, "seed": args.seed,
+                              "time": time.time()}) + "\n")
+    print(f"appended to {workdir / METRICS_FILE}")
+    return 0
+
+
+_HALVES = ("top", "bottom", "left", "right", "center", "random")
+
+
+def _inpaint_mask(spec: str, shape: tuple[int, int, int], seed: int):
+    """The known-pixel mask (1 = known) of ``--mask``, shaped ``(H, W, C)``, or ``None`` for
+    colorization; a usage error for anything that does not fit the images."""
     import numpy as np
 
-    if labels is None or len(set(labels.tolist())) == 1:
-        return x[: per_row * per_row], per_row
-    per_class = min(per_row, len(x) // num_classes)
-    if per_class == 0:  # fewer samples than classes: in drawing order
-        return x, min(per_row, len(x))
-    rows = [x[labels == c][:per_class] for c in range(num_classes)]
-    return np.concatenate(rows), per_class
+    h, w, c = shape
+    if spec == "color":
+        if c != 3:
+            raise UsageError(f"--mask color colours RGB images; this run's images have {c} "
+                             "channel(s). Use a region mask such as --mask bottom.")
+        return None
+    mask = np.ones((h, w, c), np.float32)
+    if spec == "top":
+        mask[: h // 2] = 0
+    elif spec == "bottom":
+        mask[h // 2:] = 0
+    elif spec == "left":
+        mask[:, : w // 2] = 0
+    elif spec == "right":
+        mask[:, w // 2:] = 0
+    elif spec == "center":
+        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 0
+    elif spec == "random":
+        mask[np.random.default_rng(seed).random((h, w)) < 0.5] = 0
+    else:
+        path = Path(spec)
+        if path.suffix != ".npy" or not path.is_file():
+            raise UsageError(f"--mask {spec!r} is neither one of {', '.join(_HALVES)}, color "
+                             "nor an existing FILE.npy.")
+        loaded = np.load(path)
+        if loaded.ndim == 2:
+            loaded = loaded[..., None]
+        if loaded.shape not in ((h, w, 1), (h, w, c)) or not np.isin(loaded, (0, 1)).all():
+            raise UsageError(f"--mask {spec}: expected 0/1 values shaped ({h}, {w}) or ({h}, {w}, "
+                             f"{c}) for this run's {h}x{w}x{c} images, got shape {loaded.shape}.")
+        mask = np.broadcast_to(loaded, (h, w, c)).astype(np.float32)
+    return mask
+
+
+def _run_inpaint(args) -> int:
+    config, workdir, _ = _prepare_sample(args)
+    import dataclasses
+
+    from genflow.config import (
+        GRIDS,
+        ConfigError,
+        is_image_dataset,
+        make_solver,
+        process_family,
+    )
+    from genflow.training import data_shape_of
+
+    sc = config.sample
+    if not is_image_dataset(config.data.name) or process_family(config.process) != "gaussian":
+        raise UsageError(f"{workdir} is not an image run on a Gaussian path (data set "
+                         f"{config.data.name!r}, process {type(config.process).__name__}); "
+                         "inpainting needs one.")
+    try:
+        solver = make_solver(sc.sampler, sc.solver_options)
+    except ConfigError as exc:
+        raise UsageError(f"{exc} Inpainting takes a fixed-step sampler such as pc or "
+                         "dpm_solver++_2m.") from None
+    if args.reconstruction_weight < 0:
+        raise UsageError("--reconstruction-weight must be >= 0 (0: plain replacement), got "
+                         f"{args.reconstruction_weight}.")
+    classes = config.model.num_classes
+    if args.label is not None and not (classes and 0 <= args.label < classes):
+        raise UsageError(f"--label needs a class-conditional run and a class in 0..{classes - 1}"
+                         if classes else "--label needs a class-conditional run.")
+    shape = data_shape_of(config)
+    mask = _inpaint_mask(args.mask, shape, sc.seed)
+    out = Path(args.out) if args.out else workdir / "inpaint"
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from genflow import samplers
+    from genflow.plotting import image_grid_png
+    from genflow.training import model_fn_from, restore_run
+    from genflow.training._families import image_batches
+
+    data = dataclasses.replace(config.data, batch_size=args.num, split=args.split,
+                               random_flip=False)
+    batch = image_batches(dataclasses.replace(config, data=data)).batch(0)
+    x, labels = jnp.asarray(batch["x"]), np.asarray(batch["label"])
+    _, setup, step, params = restore_run(workdir, weights=args.weights)
+    cond = None
+    if classes:
+        cond = jnp.full((args.num,), classes if args.label is None else args.label, jnp.int32)
+    common = dict(prediction=config.train.prediction, num_steps=sc.num_steps,
+                  grid=GRIDS[sc.grid], t_start=sc.t_start, t_end=sc.t_end, cond=cond,
+                  reconstruction_weight=args.reconstruction_weight)
+    if mask is None:
+        gray = x.mean(axis=-1, keepdims=True)
+        run = lambda m, key: samplers.colorize(m, config.process, solver, key=key,  # noqa: E731
+                                               gray=gray, **common)
+        shown = jnp.broadcast_to(gray, x.shape)
+    else:
+        run = lambda m, key: samplers.inpaint(m, config.process, solver, key=key,  # noqa: E731
+                                              x_known=x, mask=mask, **common)
+        shown = jnp.where(mask == 1, x, 0.0)
+    what = "colouring" if mask is None else f"inpainting ({args.mask})"
+    print(f"{what} {args.num} {args.split} images with {sc.sampler}, {sc.num_steps} steps "
+          f"(checkpoint step {step})")
+    result = jax.jit(run)(model_fn_from(setup, params), jax.random.key(sc.seed))
+    filled = np.asarray(result.x)
+    rows = [np.asarray(a)[i: i + 10] for i in range(0, args.num, 10)
+            for a in (x, shown, filled)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid_png(out.with_suffix(".png"), np.concatenate(rows), nrow=min(10, args.num))
+    np.savez(out.with_suffix(".npz"), original=np.asarray(x), result=filled, labels=labels,
+             mask=np.ones(shape, np.float32) if mask is None else mask, nfe=int(result.nfe),
+             sampler=sc.sampler, num_steps=sc.num_steps, step=step,
+             reconstruction_weight=args.reconstruction_weight)
+    if mask is not None:
+        kept = bool(np.array_equal(filled[:, mask == 1], np.asarray(x)[:, mask == 1]))
+        print(f"known pixels kept exactly: {kept}")
+    print(f"wrote {out.with_suffix('.npz')} and {out.with_suffix('.png')} (NFE {int(result.nfe)})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_reflow(args)
         if args.command == "data":
             return _run_data(args)
+        if args.command == "inpaint":
+            return _run_inpaint(args)
+        if args.command == "evaluate":
+            return _run_evaluate(args)
         return _run_sample(args)
     except (UsageError, ConfigError) as exc:
         print(f"genflow: error: {exc}", file=sys.stderr)

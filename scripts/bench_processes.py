@@ -88,7 +88,7 @@ def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
         train(config, workdir, fresh=True, progress=False)
     train_s = time.perf_counter() - start if not trained else float("nan")
     records = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
-    loss = float(np.mean([r["loss"] for r in records[-10:]]))
+    loss = float(np.mean([r["loss"] for r in records if "loss" in r][-10:]))
 
     _, setup, _, params = restore_run(workdir, weights="ema")
     model_fn = model_fn_from(setup, params)

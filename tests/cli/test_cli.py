@@ -301,3 +301,39 @@ def test_reflow_couples_noise_with_the_ode_and_retrains(capsys, trained_run, tmp
     assert new_config["data"]["pairs"] == str((out / "pairs.npz").resolve())
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 20
+
+
+def test_evaluate_appends_metrics_to_the_run(capsys, trained_run, tmp_path):
+    """`genflow evaluate`: the NLL by the probability-flow ODE is a cross-entropy, so it cannot
+    fall below the data's entropy (uniform on 8 unit squares: log(8) / 2 nats per dimension)
+    beyond its standard error; the distances come with their data-vs-data floors; the record is
+    appended to metrics.jsonl after the training records."""
+    import math
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "metrics.jsonl").read_text().splitlines()
+    proc = run_main(capsys, "evaluate", "--workdir", str(run), "--metrics", "nll,sw2,mmd,energy",
+                    "--num", "300", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[:-1] == before
+    record = json.loads(lines[-1])
+    assert record["checkpoint_step"] == 200 and record["num_samples"] == 300
+    nll = record["evaluate"]["nll"]
+    assert nll["unit"] == "nats/dim" and nll["num_examples"] == 300
+    assert 0 < nll["std_error"] < 0.2
+    assert nll["value"] > math.log(8) / 2 - 3 * nll["std_error"]
+    for name in ("sw2", "mmd", "energy"):
+        assert np.isfinite(record["evaluate"][name]["value"])
+        assert np.isfinite(record["evaluate"][name]["floor"])
+    assert record["evaluate"]["sw2"]["value"] > 0
+    assert "| nll |" in proc.stdout and "floor" in proc.stdout
+
+    evaluate = lambda *a: run_main(capsys, "evaluate", "--workdir", str(run), *a)  # noqa: E731
+    assert_usage_error(evaluate("--metrics", "fid"), "fid", "nll, sw2, mmd")
+    assert_usage_error(evaluate("--metrics", "fd"), "fd", "points")
+    assert_usage_error(evaluate("--probes", "0"), "--probes")
+    assert_usage_error(run_main(capsys, "evaluate", "--workdir", str(tmp_path / "none")),
+                       "no trained run")
