@@ -20,8 +20,10 @@ demo: venv
 	$(BIN)/genflow train --config configs/toy_checkerboard_vp.py --workdir runs/demo --fresh
 	$(BIN)/genflow sample --workdir runs/demo
 
+# One pytest worker per core; a test file stays on one worker, so its shared fixtures and
+# compiled functions are built once.
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --dist loadfile tests
 
 bench: venv
 	$(BIN)/python scripts/bench_train.py
