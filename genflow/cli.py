@@ -43,7 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), rf_solver_{2,3}, dpm_solver_adaptive, "
         "ode_adaptive; "
         "for stochastic interpolants interpolant_heun, interpolant_euler, interpolant_sde; for "
-        "GBM gbm_exponential, gbm_euler_maruyama (default: the config's)",
+        "GBM gbm_exponential, gbm_euler_maruyama; fp_ode for a run trained with "
+        "train.fp_weight > 0 (default: the config's)",
     )
     sa.add_argument(
         "--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -110,8 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
     ev.add_argument("--metrics", default="nll,sw2",
                     help="comma-separated: nll (nats/dim on 2-D data, bits/dim on images), sw2, "
-                    "mmd, energy, fd, kid (images; FID/KID with --inception, else the digits' "
-                    "fallback features) (default: nll,sw2)")
+                    "mmd, energy, gap (ODE vs SDE samples and the Fokker-Planck residual, "
+                    "plotted to WORKDIR/evaluate_gap.png), fd, kid (images; FID/KID with "
+                    "--inception, else the digits' fallback features) (default: nll,sw2)")
     ev.add_argument("--num", type=int, default=None,
                     help="samples and held-out points (default: the config's num_samples; "
                     "images: 1000 samples against the test split)")
@@ -401,6 +403,15 @@ def _run_evaluate(args) -> int:
         unit = f" {r['unit']}" if "unit" in r else ""
         floor = f"{r['floor']:.4g}" if "floor" in r else "-"
         print(f"| {r['label']} | {r['value']:.4g}{unit}{error} | {floor} |")
+    if "gap" in results:
+        from genflow.plotting import curves_png
+
+        gap = results["gap"]
+        plot = curves_png(workdir / "evaluate_gap.png", gap["residual_times"],
+                          {"RMS Fokker-Planck residual (normalized)": gap["residual_rms"]},
+                          log_x=True, title=f"ODE-SDE gap: sw2 {gap['value']:.4f}, "
+                          f"floor {gap['floor']:.4f}")
+        print(f"wrote {plot}")
     with open(workdir / METRICS_FILE, "a") as log:
         log.write(json.dumps({"evaluate": results, **info, "seed": args.seed,
                               "time": time.time()}) + "\n")

@@ -10,6 +10,10 @@ samplers and :mod:`genflow.metrics`. Metrics, by name:
 * ``sw2``, ``mmd``, ``energy``: sliced Wasserstein-2, the unbiased squared MMD with a
   multi-bandwidth RBF kernel and the energy distance between the run's samples (its own
   sampler, ``config.sample``) and held-out data, on the flattened points or pixels.
+* ``gap``: the ODE–SDE gap (Deveney et al. 2023, :func:`genflow.metrics.ode_sde_gap`): sliced
+  W2 and MMD between probability-flow ODE samples (Heun, 100 steps) and reverse-SDE samples
+  (Euler–Maruyama, 500 steps) from the same prior draws, each against data, and the RMS
+  Fokker–Planck residual of the model at a grid of times (``genflow evaluate`` plots it).
 * ``fd``, ``kid``: the Fréchet distance and the kernel distance of image features. With an
   Inception-v3 weight file (``inception=PATH``, see ``scripts/convert_fid_inception.py``)
   these are the standard FID and KID; without one, on the built-in digits, the features are
@@ -18,7 +22,7 @@ samplers and :mod:`genflow.metrics`. Metrics, by name:
 
 Every distance comes with its floor: the same distance between two independent sets of real
 data of the same sizes (2-D data: two fresh draws; images: the test split against as many
-train images), so a perfect model scores about the floor, not 0.
+train images as there are samples), so a perfect model scores about the floor, not 0.
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ from genflow.metrics import (
     kid,
     log_likelihood,
     mmd,
+    ode_sde_gap,
     sliced_wasserstein2,
 )
 from genflow.training import make_sampling, model_fn_from, reference_data, restore_run
 
-METRICS = ("nll", "sw2", "mmd", "energy", "fd", "kid")
+METRICS = ("nll", "sw2", "mmd", "energy", "gap", "fd", "kid")
 _SAMPLE_METRICS = ("sw2", "mmd", "energy", "fd", "kid")
 _DIGITS = ("digits", "digits16")
 _NLL_BATCH = 100
@@ -71,10 +76,12 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
 def check_metrics(config, metrics: Sequence[str], inception: str | None) -> None:
     """Refuse, before any compute, metrics that do not apply to ``config``'s run."""
     images = is_image_dataset(config.data.name)
-    if "nll" in metrics and process_family(config.process) != "gaussian":
+    gaussian_only = [m for m in metrics if m in ("nll", "gap")]
+    if gaussian_only and process_family(config.process) != "gaussian":
         raise ConfigError(
-            f"nll needs a Gaussian path (probability-flow ODE with a Gaussian prior); this run's "
-            f"process is {type(config.process).__name__}. Drop nll from --metrics."
+            f"{', '.join(gaussian_only)} need(s) a Gaussian path (probability-flow ODE and reverse "
+            f"SDE with a Gaussian prior); this run's process is "
+            f"{type(config.process).__name__}. Drop them from --metrics."
         )
     feature = [m for m in metrics if m in ("fd", "kid")]
     if feature and not images:
@@ -146,6 +153,10 @@ def evaluate_run(
         say("nll: probability-flow ODE likelihood")
         results["nll"] = _nll(config, model_fn, real, seed, num_probes)
 
+    if "gap" in metrics:
+        say("gap: probability-flow ODE against reverse SDE, Fokker-Planck residual")
+        results["gap"] = _gap(config, model_fn, real, floor_real, num, seed)
+
     wanted = [m for m in metrics if m in _SAMPLE_METRICS]
     if wanted:
         sc = dataclasses.replace(config.sample, num_samples=num, label=-1, seed=seed)
@@ -204,8 +215,9 @@ def _real_data(config, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                                    seed=seed)
         return image_batches(dataclasses.replace(config, data=data)).batch(0)["x"]
 
-    test = split("test", None)
-    return test, split("train", len(test))
+    # The floor set has as many images as the samples (as far as the train split allows), so
+    # that the size-dependent bias of the Fréchet distance is the same on both sides.
+    return split("test", None), split("train", num)
 
 
 def _nll(config, model_fn, real: np.ndarray, seed: int, num_probes: int) -> dict[str, Any]:
@@ -245,6 +257,26 @@ def _nll(config, model_fn, real: np.ndarray, seed: int, num_probes: int) -> dict
         "unit": "bits/dim" if images else "nats/dim",
         "label": "nll",
         "num_examples": len(values),
+    }
+
+
+def _gap(config, model_fn, real, floor_real, num: int, seed: int) -> dict[str, Any]:
+    dim = math.prod(real.shape[1:])
+    log_density = getattr(model_fn, "log_density", None) \
+        if config.model.output == "log_density" else None
+    gap = ode_sde_gap(
+        model_fn, config.process, key=jax.random.key(seed), prediction=config.train.prediction,
+        shape=(num, *real.shape[1:]), data=jnp.asarray(real), t_start=config.sample.t_start,
+        t_end=config.sample.t_end, divergence="exact" if dim <= 16 else "hutchinson",
+        log_density_fn=log_density,
+    )
+    summary = gap.summary()
+    return {
+        "value": summary.pop("sw2_ode_sde"),
+        "floor": float(sliced_wasserstein2(floor_real.reshape(len(floor_real), -1),
+                                           real.reshape(len(real), -1))),
+        "label": "gap: sw2(ODE, SDE)",
+        **summary,
     }
 
 

@@ -268,3 +268,72 @@ def image_grid_png(
     out = _prepare_path(path)
     image.save(out, format="PNG")
     return out
+
+
+_CURVE_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+
+
+def curves_png(
+    path: str | os.PathLike[str],
+    x: Any,
+    curves: dict[str, Any],
+    *,
+    log_x: bool = False,
+    log_y: bool = False,
+    title: str | None = None,
+    size: tuple[int, int] = (640, 400),
+) -> pathlib.Path:
+    """Plot one or more curves ``y(x)`` against a shared ``x`` as an RGB PNG with a legend.
+
+    Point ``(x_i, y_i)`` maps linearly (or logarithmically with ``log_x`` / ``log_y``) from
+    the data's range onto the plot area; the axis ends are written at the corners.
+
+    Args:
+        path: Output file; missing parent directories are created.
+        x: ``(n,)`` abscissae, ``n >= 2``.
+        curves: label -> ``(n,)`` ordinates (at most five curves).
+        log_x, log_y: logarithmic axes (the values must then be positive).
+        title: Text above the plot.
+        size: ``(width, height)`` in pixels.
+    """
+    xs = np.asarray(x, np.float64)
+    ys = {k: np.asarray(v, np.float64) for k, v in curves.items()}
+    if xs.ndim != 1 or xs.size < 2 or not ys or len(ys) > len(_CURVE_COLOURS):
+        raise ValueError(f"need x of shape (n,), n >= 2, and 1 to {len(_CURVE_COLOURS)} curves; "
+                         f"got x {xs.shape} and {len(ys)} curves.")
+    for label, y in ys.items():
+        if y.shape != xs.shape:
+            raise ValueError(f"curve {label!r} has shape {y.shape}, x has {xs.shape}.")
+    every = np.concatenate(list(ys.values()))
+    for name, values, log in (("x", xs, log_x), ("y", every, log_y)):
+        if not np.all(np.isfinite(values)) or (log and np.any(values <= 0)):
+            raise ValueError(f"{name} values must be finite{' and > 0 (log axis)' if log else ''}.")
+    fx = np.log10 if log_x else (lambda v: v)
+    fy = np.log10 if log_y else (lambda v: v)
+    width, height = size
+    left, right, top, bottom = 70, width - 20, 30, height - 40
+    x_lo, x_hi = float(fx(xs).min()), float(fx(xs).max())
+    y_lo, y_hi = float(fy(every).min()), float(fy(every).max())
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1.0
+    to_px = lambda a, b: (left + (fx(a) - x_lo) / (x_hi - x_lo) * (right - left),  # noqa: E731
+                          bottom - (fy(b) - y_lo) / (y_hi - y_lo) * (bottom - top))
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font()
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    for value, (px, py) in ((xs.min(), (left, bottom + 5)), (xs.max(), (right - 40, bottom + 5))):
+        draw.text((px, py), f"{value:.3g}", fill=(0, 0, 0), font=font)
+    for value, py in ((every.min(), bottom - 10), (every.max(), top)):
+        draw.text((5, py), f"{value:.3g}", fill=(0, 0, 0), font=font)
+    if title:
+        _draw_centred(draw, title, 0, width, 5)
+    for k, (label, y) in enumerate(ys.items()):
+        colour = _CURVE_COLOURS[k]
+        points = [to_px(a, b) for a, b in zip(xs, y)]
+        draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
+        draw.text((left + 10, top + 8 + 14 * k), label, fill=colour, font=font)
+    out = _prepare_path(path)
+    image.save(out, format="PNG")
+    return out

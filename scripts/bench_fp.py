@@ -13,7 +13,8 @@ prior draws with the probability-flow ODE (Heun, 100 steps) and the reverse SDE
 * the mean normalized Fokker–Planck residual ``sqrt(E |sigma^3/g^2 R|^2 / d)`` over a grid of
   times in [0.01, 1] (:mod:`genflow.fokker_planck`).
 
-Prints a markdown table and writes JSON::
+Prints a markdown table, writes JSON and plots the residual against t for every w (next to the
+JSON, ``fp.png``; ``--plot-only`` redraws it from an existing JSON)::
 
     .venv/bin/python scripts/bench_fp.py [--steps 3000] [--weights 0,0.1,1] [--out runs/bench/fp.json]
 """
@@ -34,6 +35,7 @@ import numpy as np
 from genflow.config import load_config_file
 from genflow.data import sample_toy
 from genflow.metrics import ode_sde_gap, sliced_wasserstein2_floor
+from genflow.plotting import curves_png
 from genflow.training import METRICS_FILE, model_fn_from, reference_data, train
 
 CONFIG = Path("configs") / "toy_checkerboard_fp.py"
@@ -81,13 +83,28 @@ def table(rows: list[dict], floor: float) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> Path:
+    """The RMS normalized residual against t, one curve per weight."""
+    return curves_png(
+        path, rows[0]["residual_times"],
+        {f"w = {r['weight']:g}": r["residual_rms"] for r in rows}, log_x=True,
+        title="RMS Fokker-Planck residual (normalized) against t, by regularizer weight w",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--weights", default="0,0.1,1")
     parser.add_argument("--num", type=int, default=4000, help="samples per sampler")
     parser.add_argument("--out", default="runs/bench/fp.json")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only redraw the plot from the JSON at --out")
     args = parser.parse_args()
+    if args.plot_only:
+        rows = json.loads(Path(args.out).read_text())["rows"]
+        print(f"wrote {plot(rows, Path(args.out).with_suffix('.png'))}")
+        return
     weights = [float(w) for w in args.weights.split(",")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +123,7 @@ def main() -> None:
                     "jax": jax.__version__, "backend": jax.default_backend()},
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot(rows, out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":

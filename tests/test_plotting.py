@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genflow.plotting import image_grid_png, scatter_png
+from genflow.plotting import class_grid, curves_png, image_grid_png, scatter_png
 
 _LINE = 18  # pixels per line of text above the panels
 
@@ -142,6 +142,34 @@ def test_image_grid_rejects_bad_input(tmp_path):
         image_grid_png(tmp_path / "x.png", np.zeros((1, 4, 4)), nrow=0)
     with pytest.raises(TypeError, match="pad"):
         image_grid_png(tmp_path / "x.png", np.zeros((1, 4, 4)), pad=1.5)
+
+
+def test_curves_put_each_point_where_the_axes_say(tmp_path):
+    """A rising and a falling line on linear axes: their end points sit at the plot area's
+    corners (70..620 x 30..360 on the default 640x400 canvas), in their own colours."""
+    x = np.array([0.0, 0.5, 1.0])
+    out = curves_png(tmp_path / "c.png", x, {"up": 2 * x, "down": 2 - 2 * x}, title="t")
+    mode, dims, pixels = _load(out)
+    assert mode == "RGB" and dims == (640, 400)
+    blue, red = (31, 119, 180), (214, 39, 40)
+    assert tuple(pixels[360, 70]) == blue and tuple(pixels[30, 620]) == blue  # (0, 0), (1, 2)
+    assert tuple(pixels[30, 70]) == red and tuple(pixels[360, 620]) == red
+    assert tuple(pixels[195, 345]) in (blue, red)  # the crossing at (0.5, 1)
+    with pytest.raises(ValueError, match="log axis"):
+        curves_png(tmp_path / "d.png", x, {"a": x}, log_x=True)
+    with pytest.raises(ValueError, match="shape"):
+        curves_png(tmp_path / "e.png", x, {"a": x[:2]})
+
+
+def test_class_grid_puts_class_c_in_row_c():
+    images = np.arange(40, dtype=float)[:, None, None, None] * np.ones((40, 2, 2, 1))
+    labels = np.arange(40) % 10
+    grid, nrow = class_grid(images, labels, 10)
+    assert nrow == 4 and grid.shape == (40, 2, 2, 1)
+    np.testing.assert_array_equal(grid[:, 0, 0, 0].reshape(10, 4) % 10,
+                                  np.repeat(np.arange(10)[:, None], 4, axis=1))
+    single, nrow = class_grid(images, np.full(40, 3), 10)
+    assert nrow == 10 and np.array_equal(single, images)
 
 
 def test_import_needs_no_jax_or_matplotlib():

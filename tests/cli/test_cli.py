@@ -314,8 +314,8 @@ def test_evaluate_appends_metrics_to_the_run(capsys, trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     before = (run / "metrics.jsonl").read_text().splitlines()
-    proc = run_main(capsys, "evaluate", "--workdir", str(run), "--metrics", "nll,sw2,mmd,energy",
-                    "--num", "300", "--seed", "1")
+    proc = run_main(capsys, "evaluate", "--workdir", str(run), "--metrics",
+                    "nll,sw2,mmd,energy,gap", "--num", "300", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert lines[:-1] == before
@@ -329,6 +329,11 @@ def test_evaluate_appends_metrics_to_the_run(capsys, trained_run, tmp_path):
         assert np.isfinite(record["evaluate"][name]["value"])
         assert np.isfinite(record["evaluate"][name]["floor"])
     assert record["evaluate"]["sw2"]["value"] > 0
+    gap = record["evaluate"]["gap"]  # ODE and SDE samples from the same prior draws
+    assert gap["value"] > 0 and np.isfinite(gap["sw2_ode_data"]) and np.isfinite(gap["floor"])
+    assert len(gap["residual_rms"]) == len(gap["residual_times"]) == 9
+    assert all(r > 0 for r in gap["residual_rms"])  # a 200-step MLP is no exact score
+    assert (run / "evaluate_gap.png").stat().st_size > 0
     assert "| nll |" in proc.stdout and "floor" in proc.stdout
 
     evaluate = lambda *a: run_main(capsys, "evaluate", "--workdir", str(run), *a)  # noqa: E731
