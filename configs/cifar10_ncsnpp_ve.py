@@ -25,33 +25,21 @@ days for 1.3 M steps at a sustained 50 TFLOP/s on one GPU (an estimate, not a me
 Predictor-corrector sampling takes two network evaluations per step, 2,000 in all.
 """
 
-from genflow.config import Config, DataConfig, ModelConfig, SampleConfig, TrainConfig
+import dataclasses
+from pathlib import Path
+
+from genflow.config import load_config_file
 from genflow.processes import VE
 
 
-def get_config() -> Config:
-    return Config(
+def get_config():
+    # The data, network size and optimizer of the DDPM++ config; the process, the time
+    # embedding, the EMA rate and the sampler change.
+    base = load_config_file(Path(__file__).with_name("cifar10_ddpmpp_vp.py"))
+    return dataclasses.replace(
+        base,
         process=VE(sigma_min=0.01, sigma_max=50.0),
-        data=DataConfig(name="cifar10", batch_size=128, seed=0, random_flip=True),
-        model=ModelConfig(
-            name="unet", channels=128, channel_mult="1,2,2,2", num_res_blocks=4,
-            attention_resolutions="16", dropout=0.1, embedding="fourier", embed_dim=128,
-        ),
-        train=TrainConfig(
-            num_steps=1_300_000,
-            lr=2e-4,
-            warmup_steps=5_000,
-            lr_decay="constant",
-            grad_clip=1.0,
-            ema_decay=0.999,
-            prediction="eps",
-            weighting="uniform",
-            t_min=1e-5,
-            steps_per_dispatch=100,
-            log_every=1_000,
-            checkpoint_every=50_000,
-            sample_every=50_000,
-        ),
-        sample=SampleConfig(sampler="pc", num_steps=1000, grid="uniform", t_end=1e-5,
-                            num_samples=64),
+        model=dataclasses.replace(base.model, embedding="fourier"),
+        train=dataclasses.replace(base.train, ema_decay=0.999),
+        sample=dataclasses.replace(base.sample, sampler="pc", t_end=1e-5),
     )

@@ -123,6 +123,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from genflow.prediction import Prediction
 from genflow.processes._base import AbstractGaussianPath
+from genflow.samplers._adaptive import initial_step_size
 from genflow.samplers._base import Denoiser
 
 VelocityFn = Callable[..., Array]
@@ -268,38 +269,6 @@ def marginal_log_prob(
 
 
 # --------------------------------------------------------------------------- the solve
-def _rms(leaves) -> Array:
-    flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
-    return jnp.sqrt(jnp.mean(jnp.square(flat)))
-
-
-def _initial_step(field, t0, t1, y0, f0, error_order, rtol, atol) -> Array:
-    """Hairer's starting step (the rule of diffrax's ``PIDController``), forwards in time.
-
-    ``d0 = ||y0||``, ``d1 = ||f0||`` (RMS norms of every state leaf scaled by
-    ``atol + rtol |y0|``), ``h0 = 0.01 d0 / d1``; one Euler probe ``f1 = f(t0 + h0, y0 + h0 f0)``,
-    ``d2 = ||f1 - f0|| / h0``; ``h = min(100 h0, (0.01 / max(d1, d2))^(1 / error_order))``.
-    The probe never looks past ``t1`` (models may be undefined beyond the path's end). One
-    evaluation of ``field``.
-    """
-    y_leaves, f_leaves = jax.tree_util.tree_leaves(y0), jax.tree_util.tree_leaves(f0)
-    scales = [atol + rtol * jnp.abs(y) for y in y_leaves]
-    d0 = _rms([y / s for y, s in zip(y_leaves, scales)])
-    d1 = _rms([f / s for f, s in zip(f_leaves, scales)])
-    small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
-    h0 = jnp.minimum(h0, t1 - t0)
-    y1 = jax.tree_util.tree_map(lambda y, f: (y + h0 * f).astype(y.dtype), y0, f0)
-    f1 = field(t0 + h0, y1, None)
-    d2 = _rms([(a - b) / s for a, b, s in
-               zip(jax.tree_util.tree_leaves(f1), f_leaves, scales)]) / h0
-    max_d = jnp.maximum(d1, d2)
-    tiny = max_d <= 1e-15
-    h1 = jnp.where(tiny, jnp.maximum(1e-6, h0 * 1e-3),
-                   (0.01 / jnp.where(tiny, 1.0, max_d)) ** (1.0 / error_order))
-    return jax.lax.stop_gradient(jnp.minimum(100 * h0, h1))
-
-
 def _draw_probes(key, probe, num_probes, x) -> Array:
     shape = (num_probes, *x.shape)
     if probe == "rademacher":
@@ -408,7 +377,8 @@ def log_likelihood_from_velocity(
     f0 = field(t0, y0, None)  # FSAL first stage, shared by every attempt of the first step
     nfe = 1
     if dt0 is None:
-        h = _initial_step(field, t0, t1, y0, f0, diffrax_solver.error_order(term), rtol_a, atol_a)
+        h = initial_step_size(lambda t, y: field(t, y, None), t0, t1, y0, f0,
+                              diffrax_solver.error_order(term), rtol_a, atol_a)
         nfe += 1
     else:
         h = jnp.asarray(dt0, t_dtype)

@@ -102,31 +102,38 @@ def _check_tolerance(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
 
 
-def _rms(x: Array) -> Array:
-    return jnp.sqrt(jnp.mean(jnp.square(x)))
+def _rms(leaves) -> Array:
+    flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+    return jnp.sqrt(jnp.mean(jnp.square(flat)))
 
 
-def _initial_step(velocity, t0, y0, f0, error_order, rtol, atol) -> Array:
-    """Hairer's initial step size (the rule of diffrax's ``PIDController``), magnitude only.
+def initial_step_size(field, t0, t1, y0, f0, error_order, rtol, atol) -> Array:
+    """Hairer's first step size (the rule of diffrax's ``PIDController``), as a magnitude.
 
-    ``d0 = ||y0||, d1 = ||f0||`` (RMS norms scaled by ``atol + rtol |y0|``), ``h0 = 0.01 d0/d1``,
-    one Euler probe ``f1`` at ``t0 - h0``, ``d2 = ||f1 - f0|| / h0`` and
-    ``h = min(100 h0, (0.01 / max(d1, d2)) ** (1 / error_order))``. One model evaluation.
+    For the step from ``t0`` towards ``t1`` (either direction) of ``dy/dt = field(t, y)`` with
+    ``f0 = field(t0, y0)``; ``y0`` and ``f0`` may be pytrees. ``d0 = ||y0||, d1 = ||f0||``
+    (RMS norms over every leaf, scaled by ``atol + rtol |y0|``), ``h0 = 0.01 d0 / d1`` (at most
+    ``|t1 - t0|``: models may be undefined beyond the interval), one Euler probe ``f1 =
+    field(t0 + h0 dir, y0 + h0 dir f0)``, ``d2 = ||f1 - f0|| / h0`` and
+    ``h = min(100 h0, (0.01 / max(d1, d2)) ** (1 / error_order))``. One evaluation of ``field``;
+    no gradient flows through the result.
     """
-    scale = atol + jnp.abs(y0) * rtol
-    d0 = _rms(y0 / scale)
-    d1 = _rms(f0 / scale)
+    direction = jnp.sign(t1 - t0)
+    y_leaves, f_leaves = jax.tree_util.tree_leaves(y0), jax.tree_util.tree_leaves(f0)
+    scales = [atol + rtol * jnp.abs(y) for y in y_leaves]
+    d0 = _rms([y / s for y, s in zip(y_leaves, scales)])
+    d1 = _rms([f / s for f, s in zip(f_leaves, scales)])
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
-    h0 = jnp.minimum(h0, t0)  # never probe below t = 0
-    f1 = velocity(t0 - h0, (y0 - h0 * f0).astype(y0.dtype))
-    d2 = _rms((f1 - f0) / scale) / h0
+    h0 = jnp.minimum(h0, jnp.abs(t1 - t0))
+    y1 = jax.tree_util.tree_map(lambda y, f: (y + direction * h0 * f).astype(y.dtype), y0, f0)
+    f1 = field(t0 + direction * h0, y1)
+    d2 = _rms([(a - b) / s for a, b, s in
+               zip(jax.tree_util.tree_leaves(f1), f_leaves, scales)]) / h0
     max_d = jnp.maximum(d1, d2)
-    h1 = jnp.where(
-        max_d <= 1e-15,
-        jnp.maximum(1e-6, h0 * 1e-3),
-        (0.01 / jnp.where(max_d <= 1e-15, 1.0, max_d)) ** (1.0 / error_order),
-    )
+    tiny = max_d <= 1e-15
+    h1 = jnp.where(tiny, jnp.maximum(1e-6, h0 * 1e-3),
+                   (0.01 / jnp.where(tiny, 1.0, max_d)) ** (1.0 / error_order))
     return jax.lax.stop_gradient(jnp.minimum(100 * h0, h1))
 
 
@@ -240,7 +247,7 @@ def sample_adaptive(
     nfe = 1
     if dt0 is None:
         error_order = diffrax_solver.error_order(term)
-        h = _initial_step(velocity, t0, x_init, f0, error_order, rtol, atol)
+        h = initial_step_size(velocity, t0, t1, x_init, f0, error_order, rtol, atol)
         nfe += 1
     else:
         h = jnp.asarray(dt0, t_dtype)
