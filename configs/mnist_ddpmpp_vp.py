@@ -14,9 +14,9 @@ Expected run time: 0.87 TFLOP per training step at batch 128 (XLA's cost analysi
 ``python scripts/bench_train.py --flops-only --config configs/mnist_ddpmpp_vp.py --shape
 28,28,1 --lowered``): at a sustained 50 TFLOP/s about 17 ms per step, half an hour for the
 100,000 steps on one A100-class GPU (an estimate, not a measurement; small convolutions
-usually run below that rate, so plan for about an hour). Not for a CPU: this U-Net's training step runs at about 1.6 GFLOP/s on 2 cores
-(scripts/bench_train.py measures a smaller one), about ten minutes per step; use
-configs/digits_cond.py there.
+usually run below that rate, so plan for about an hour). Not for a CPU: a U-Net's training
+step runs at about 1.6 GFLOP/s on 2 cores (scripts/bench_train.py, a smaller U-Net), about
+ten minutes per step for this one; use configs/digits_cond.py there.
 """
 
 from genflow.config import Config, DataConfig, ModelConfig, SampleConfig, TrainConfig
