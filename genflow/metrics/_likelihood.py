@@ -123,13 +123,12 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from genflow.prediction import Prediction
 from genflow.processes._base import AbstractGaussianPath
-from genflow.samplers._adaptive import initial_step_size
+from genflow.samplers._adaptive import _concrete_float, _parse_solver, solve_counting_nfe
 from genflow.samplers._base import Denoiser
 
 VelocityFn = Callable[..., Array]
 """``velocity_fn(x, t, cond) -> dx/dt`` with ``x: (b, *data_shape)`` and ``t: (b,)``."""
 
-_SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 _DIVERGENCES = ("exact", "hutchinson")
 _PROBES = ("rademacher", "gaussian")
 
@@ -159,33 +158,6 @@ class LikelihoodResult(NamedTuple):
 
 
 # --------------------------------------------------------------------------- checks
-def _concrete_float(value: Any) -> float | None:
-    """``float(value)`` for concrete scalars, ``None`` for tracers."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-    if arr.ndim != 0:
-        raise ValueError(f"expected a scalar, got an array of shape {arr.shape}.")
-    return float(arr)
-
-
-def _parse_solver(solver: Any) -> diffrax.AbstractERK:
-    if isinstance(solver, str):
-        if solver.lower() not in _SOLVERS:
-            raise ValueError(
-                f"unknown solver {solver!r}; use one of {sorted(_SOLVERS)} or a diffrax "
-                "Tsit5() / Dopri5() object."
-            )
-        return _SOLVERS[solver.lower()]()
-    if type(solver) in _SOLVERS.values():
-        return solver
-    raise ValueError(
-        "solver must be 'tsit5', 'dopri5' or a diffrax.Tsit5() / diffrax.Dopri5() object "
-        f"(FSAL pairs whose evaluation count is known exactly), got {solver!r}."
-    )
-
-
 def _check_options(divergence, probe, num_probes, key, rtol, atol, max_steps, t_start, t_end):
     if divergence not in _DIVERGENCES:
         raise ValueError(f"divergence must be one of {_DIVERGENCES}, got {divergence!r}.")
@@ -373,32 +345,10 @@ def log_likelihood_from_velocity(
         return v, div.astype(t_dtype)
 
     y0 = (x, jnp.zeros((num_est, batch), t_dtype))
-    term = diffrax.ODETerm(field)
-    f0 = field(t0, y0, None)  # FSAL first stage, shared by every attempt of the first step
-    nfe = 1
-    if dt0 is None:
-        h = initial_step_size(lambda t, y: field(t, y, None), t0, t1, y0, f0,
-                              diffrax_solver.error_order(term), rtol_a, atol_a)
-        nfe += 1
-    else:
-        h = jnp.asarray(dt0, t_dtype)
-    h = jnp.minimum(h, t1 - t0)
-
-    sol = diffrax.diffeqsolve(
-        term,
-        diffrax_solver,
-        t0=t0,
-        t1=t1,
-        dt0=h,
-        y0=y0,
-        saveat=diffrax.SaveAt(t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol_a, atol=atol_a),
-        adjoint=diffrax.RecursiveCheckpointAdjoint(),
-        max_steps=int(max_steps),
-        solver_state=(jnp.array(False), f0),
-        made_jump=False,
-    )
-    z, delta = sol.ys[0][-1], sol.ys[1][-1]  # (b, *d), (K, b)
+    (z, delta), nfe, num_steps = solve_counting_nfe(
+        field, y0, t0, t1, solver=diffrax_solver, rtol=rtol_a, atol=atol_a, dt0=dt0,
+        max_steps=max_steps,
+    )  # z: (b, *d), delta: (K, b)
     prior = jnp.asarray(prior_log_prob(z)).astype(t_dtype)
     if prior.shape != (batch,):
         raise ValueError(
@@ -413,14 +363,12 @@ def log_likelihood_from_velocity(
         std_error = jnp.full_like(log_prob, jnp.nan)
     else:
         std_error = jnp.std(estimates, axis=0, ddof=1) / math.sqrt(num_probes)
-    num_steps = jnp.asarray(sol.stats["num_steps"])
-    stages = diffrax_solver.tableau.num_stages
     return LikelihoodResult(
         log_prob=log_prob,
         std_error=std_error,
         prior_log_prob=prior,
         z=z,
-        nfe=nfe + (stages - 1) * num_steps,
+        nfe=nfe,
         num_steps=num_steps,
     )
 

@@ -137,6 +137,49 @@ def initial_step_size(field, t0, t1, y0, f0, error_order, rtol, atol) -> Array:
     return jax.lax.stop_gradient(jnp.minimum(100 * h0, h1))
 
 
+def solve_counting_nfe(field, y0, t0, t1, *, solver, rtol, atol, dt0, max_steps, args=None):
+    """Solve ``dy/dt = field(t, y, args)`` from ``t0`` to ``t1`` (either direction) with diffrax
+    and PID step control, counting every evaluation of ``field``.
+
+    diffrax reports no evaluation count, so the first stage ``f0 = field(t0, y0)`` is evaluated
+    here and handed to the solver as its FSAL state (every attempt of the first step reuses it),
+    and the first step size comes from :func:`initial_step_size` (one more evaluation) unless
+    ``dt0`` (a positive magnitude) is given. Then ``nfe = 1 + [dt0 is None] + (stages - 1) *
+    num_steps``, ``num_steps`` counting accepted and rejected steps. Gradients flow through the
+    solve by diffrax's default ``RecursiveCheckpointAdjoint``.
+
+    Returns:
+      ``(y(t1), nfe, num_steps)``; ``y0`` may be a pytree.
+    """
+    term = diffrax.ODETerm(field)
+    f0 = field(t0, y0, args)  # FSAL first stage, shared by every attempt of the first step
+    nfe = 1
+    if dt0 is None:
+        h = initial_step_size(lambda t, y: field(t, y, args), t0, t1, y0, f0,
+                              solver.error_order(term), rtol, atol)
+        nfe += 1
+    else:
+        h = jnp.asarray(dt0, jnp.result_type(t0))
+    h = jnp.minimum(h, jnp.abs(t1 - t0))
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        t0=t0,
+        t1=t1,
+        dt0=jnp.sign(t1 - t0) * h,
+        y0=y0,
+        args=args,
+        saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=int(max_steps),
+        solver_state=(jnp.array(False), f0),
+        made_jump=False,
+    )
+    num_steps = jnp.asarray(sol.stats["num_steps"])
+    y1 = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
+    return y1, nfe + (solver.tableau.num_stages - 1) * num_steps, num_steps
+
+
 def sample_adaptive(
     model_fn: ModelFn,
     process: AbstractGaussianPath,
@@ -239,37 +282,11 @@ def sample_adaptive(
         proc, cond_ = args
         return velocity_with(proc, cond_, t, x)
 
-    velocity = lambda t, x: velocity_with(process, cond, t, x)  # noqa: E731
-
-    stages = diffrax_solver.tableau.num_stages
-    term = diffrax.ODETerm(vector_field)
-    f0 = velocity(t0, x_init)  # FSAL first stage, shared by every attempt of the first step
-    nfe = 1
-    if dt0 is None:
-        error_order = diffrax_solver.error_order(term)
-        h = initial_step_size(velocity, t0, t1, x_init, f0, error_order, rtol, atol)
-        nfe += 1
-    else:
-        h = jnp.asarray(dt0, t_dtype)
-    h = jnp.minimum(h, t0 - t1)
-
-    sol = diffrax.diffeqsolve(
-        term,
-        diffrax_solver,
-        t0=t0,
-        t1=t1,
-        dt0=-h,  # integrating backwards in time
-        y0=x_init,
-        args=(process, cond),
-        saveat=diffrax.SaveAt(t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=int(max_steps),
-        solver_state=(jnp.array(False), f0),
-        made_jump=False,
+    x, nfe, _ = solve_counting_nfe(
+        vector_field, x_init, t0, t1, solver=diffrax_solver, rtol=rtol, atol=atol, dt0=dt0,
+        max_steps=max_steps, args=(process, cond),
     )
-    num_steps = jnp.asarray(sol.stats["num_steps"])
-    nfe = nfe + (stages - 1) * num_steps
-    return SampleResult(x=sol.ys[-1], trajectory=None, nfe=nfe)
+    return SampleResult(x=x, trajectory=None, nfe=nfe)
 
 
 __all__ = ["sample_adaptive"]
