@@ -14,23 +14,33 @@ from genflow.data._images import (
 )
 from genflow.data._pairs import PairBatches as PairBatches, load_pairs as load_pairs
 from genflow.data._toy import (
+    EIGHT_GAUSSIANS_SUPPORT_STDS as EIGHT_GAUSSIANS_SUPPORT_STDS,
     TOY_DATASETS as TOY_DATASETS,
+    TOY_DENSITIES as TOY_DENSITIES,
     ToyBatches as ToyBatches,
+    in_support as in_support,
     sample_toy as sample_toy,
+    toy_log_density as toy_log_density,
+    toy_support_mass as toy_support_mass,
 )
 
 __all__ = [
     "DIGITS_DATASETS",
     "DatasetNotPreparedError",
+    "EIGHT_GAUSSIANS_SUPPORT_STDS",
     "ImageBatches",
     "PairBatches",
     "TOY_DATASETS",
+    "TOY_DENSITIES",
     "ToyBatches",
     "build_digits",
     "default_data_dir",
     "digits_arrays",
+    "in_support",
     "load_pairs",
     "prepare_command",
     "prepare_dataset",
     "sample_toy",
+    "toy_log_density",
+    "toy_support_mass",
 ]

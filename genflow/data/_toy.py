@@ -240,3 +240,146 @@ class ToyBatches:
         for i in range(count):
             out[i] = self.batch(start_step + i)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact densities and supports
+# ---------------------------------------------------------------------------------------------
+
+TOY_DENSITIES: tuple[str, ...] = ("checkerboard", "8gaussians")
+"""Toy sets whose density is known in closed form (:func:`toy_log_density`, :func:`in_support`).
+
+The others are not: ``moons`` and ``swissroll`` convolve a curve with Gaussian noise (an
+integral over the curve parameter with no closed form) and ``pinwheel`` bends a Gaussian by a
+non-linear rotation whose inverse has several branches."""
+
+EIGHT_GAUSSIANS_SUPPORT_STDS = 3.0
+"""Radius, in component standard deviations, of the disks that make up the ``"8gaussians"``
+support (:func:`in_support`). Neighbouring means are ``4 sqrt(2) sin(pi / 8) / sigma ~ 6.12``
+standard deviations apart, so the 8 disks of radius 3 are disjoint."""
+
+_EIGHT_SIGMA = math.sqrt(2.0) / 4.0
+_EIGHT_MEANS = 2.0 * math.sqrt(2.0) * np.stack(
+    [np.cos(np.arange(8) * math.pi / 4.0), np.sin(np.arange(8) * math.pi / 4.0)], axis=-1
+)
+
+
+def _check_density_name(name: object) -> str:
+    _check_name(name)
+    if name not in TOY_DENSITIES:
+        raise ValueError(
+            f"The toy set {name!r} has no closed-form density; only "
+            f"{', '.join(map(repr, TOY_DENSITIES))} have one."
+        )
+    return name  # type: ignore[return-value]
+
+
+def _as_points(x: object) -> np.ndarray:
+    points = np.asarray(x, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"x must have shape (n, 2), got {points.shape}.")
+    return points
+
+
+def _nearest_eight_mean(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest ``"8gaussians"`` mean and the squared distance to it, per point."""
+    sq = ((x[:, None, :] - _EIGHT_MEANS[None]) ** 2).sum(-1)
+    return sq.argmin(axis=1), sq.min(axis=1)
+
+
+def in_support(name: str, x: object) -> np.ndarray:
+    """Whether points lie in the (bounded) support of a toy density.
+
+    - ``"checkerboard"``: the union of the 8 closed dark unit squares
+      ``[i - 2, i - 1] x [j - 2, j - 1]``, ``i + j`` even; it holds all of the mass. Squares are
+      closed, so a point on an edge or corner of a dark square is inside (a float32 rounding of a
+      real point can land there, never beyond).
+    - ``"8gaussians"``: the union of the 8 closed disks ``|x - mu_k| <= 3 sigma``
+      (``sigma = sqrt(2) / 4``, :data:`EIGHT_GAUSSIANS_SUPPORT_STDS`). The distribution has
+      unbounded support; these disks hold the mass :func:`toy_support_mass` ``~0.99009`` (at
+      least ``1 - exp(-9/2) ~ 0.9889``, the mass of each component's own disk).
+
+    Non-finite points are outside.
+
+    Args:
+        name: One of :data:`TOY_DENSITIES`.
+        x: Points of shape ``(n, 2)``.
+
+    Returns:
+        A bool array of shape ``(n,)``.
+
+    Raises:
+        ValueError: If ``name`` has no closed-form density or ``x`` is not ``(n, 2)``.
+    """
+    name = _check_density_name(name)
+    x = _as_points(x)
+    if name == "8gaussians":
+        return _nearest_eight_mean(x)[1] <= (EIGHT_GAUSSIANS_SUPPORT_STDS * _EIGHT_SIGMA) ** 2
+    u = x + 2.0
+    inside = np.all((u >= 0.0) & (u <= 4.0), axis=1)
+    # On an integer coordinate a point touches two columns (rows): try both.
+    lo = np.clip(np.floor(u), 0, 3)
+    hi = np.clip(np.ceil(u) - 1.0, 0, 3)
+    dark = np.zeros(x.shape[0], dtype=bool)
+    for col in (lo[:, 0], hi[:, 0]):
+        for row in (lo[:, 1], hi[:, 1]):
+            dark |= (col + row) % 2 == 0
+    return inside & dark
+
+
+def toy_log_density(name: str, x: object) -> np.ndarray:
+    """Exact log-density of a toy distribution (see :func:`sample_toy` for the constructions).
+
+    - ``"checkerboard"``: ``log p(x) = log(1/8)`` on the closed dark squares (total area 8) and
+      ``-inf`` elsewhere.
+    - ``"8gaussians"``: ``log p(x) = logsumexp_k [log(1/8) - log(2 pi sigma^2)
+      - |x - mu_k|^2 / (2 sigma^2)]`` with ``sigma = sqrt(2) / 4`` and
+      ``mu_k = 2 sqrt(2) (cos(pi k / 4), sin(pi k / 4))``.
+
+    Args:
+        name: One of :data:`TOY_DENSITIES`.
+        x: Points of shape ``(n, 2)``.
+
+    Returns:
+        A float64 array of shape ``(n,)``; ``nan`` for non-finite points of ``"8gaussians"``.
+
+    Raises:
+        ValueError: If ``name`` has no closed-form density or ``x`` is not ``(n, 2)``.
+    """
+    name = _check_density_name(name)
+    x = _as_points(x)
+    if name == "checkerboard":
+        return np.where(in_support(name, x), -math.log(8.0), -np.inf)
+    logits = -((x[:, None, :] - _EIGHT_MEANS[None]) ** 2).sum(-1) / (2.0 * _EIGHT_SIGMA**2)
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return lse - math.log(8.0) - math.log(2.0 * math.pi * _EIGHT_SIGMA**2)
+
+
+def toy_support_mass(name: str) -> float:
+    """Probability that a data point lies in :func:`in_support`'s set.
+
+    ``1`` for ``"checkerboard"``. For ``"8gaussians"`` the disks are disjoint, so by symmetry
+    the mass is ``sum_c P(|sigma Z + mu_0 - mu_c| <= r)`` with ``r = 3 sigma`` and ``Z`` a
+    standard 2-D normal: the own disk gives ``1 - exp(-r^2 / (2 sigma^2))`` and a disk at
+    distance ``a`` gives the Rice integral
+    ``int_0^r rho / sigma^2 exp(-(rho^2 + a^2) / (2 sigma^2)) I_0(a rho / sigma^2) d rho``,
+    computed here by Simpson's rule on 2001 nodes (error far below ``1e-10``).
+
+    Args:
+        name: One of :data:`TOY_DENSITIES`.
+
+    Returns:
+        The mass, a Python float (``~0.99009`` for ``"8gaussians"``).
+    """
+    if _check_density_name(name) == "checkerboard":
+        return 1.0
+    r = EIGHT_GAUSSIANS_SUPPORT_STDS  # in units of sigma from here on
+    rho = np.linspace(0.0, r, 2001)
+    simpson = np.ones_like(rho)
+    simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+    total = 1.0 - math.exp(-0.5 * r**2)
+    for a in np.linalg.norm(_EIGHT_MEANS[1:] - _EIGHT_MEANS[0], axis=1) / _EIGHT_SIGMA:
+        f = rho * np.exp(-0.5 * (rho**2 + a**2)) * np.i0(a * rho)
+        total += float(simpson @ f) * (rho[1] - rho[0]) / 3.0
+    return total

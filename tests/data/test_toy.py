@@ -157,3 +157,125 @@ def test_import_needs_numpy_only():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact densities and supports
+# ---------------------------------------------------------------------------------------------
+
+from genflow.data import (  # noqa: E402
+    EIGHT_GAUSSIANS_SUPPORT_STDS,
+    TOY_DENSITIES,
+    in_support,
+    toy_log_density,
+    toy_support_mass,
+)
+
+EIGHT_SIGMA = math.sqrt(2) / 4
+EIGHT_MEANS = 2 * math.sqrt(2) * np.stack(
+    [np.cos(np.arange(8) * math.pi / 4), np.sin(np.arange(8) * math.pi / 4)], axis=-1
+)
+
+
+def _midpoint_grid(lo, hi, step):
+    centres = np.arange(lo + step / 2, hi, step)
+    gx, gy = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([gx.ravel(), gy.ravel()], axis=-1)
+
+
+def test_density_names_and_errors():
+    assert TOY_DENSITIES == ("checkerboard", "8gaussians")
+    for name in ("moons", "swissroll", "pinwheel"):
+        with pytest.raises(ValueError, match="closed-form"):
+            toy_log_density(name, np.zeros((1, 2)))
+        with pytest.raises(ValueError, match="closed-form"):
+            in_support(name, np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="checkerboard"):
+        toy_log_density("circles", np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        toy_log_density("checkerboard", np.zeros(2))
+
+
+@pytest.mark.parametrize("name", TOY_DENSITIES)
+def test_log_density_integrates_to_one(name):
+    # Midpoint rule on [-6, 6]^2 with step 0.02. Checkerboard: the grid is aligned with the
+    # squares, so the rule is exact. 8 Gaussians: the rule's error for a Gaussian of std 0.35
+    # sampled at 0.02 is ~exp(-2 pi^2 sigma^2 / step^2), far below 1e-12, and the mass outside
+    # the box (>= 8.9 std from every mean) below 1e-17; the tolerance 1e-9 is for round-off.
+    step = 0.02
+    x = _midpoint_grid(-6.0, 6.0, step)
+    log_p = toy_log_density(name, x)
+    assert log_p.shape == (x.shape[0],) and log_p.dtype == np.float64
+    np.testing.assert_allclose(np.exp(log_p).sum() * step**2, 1.0, atol=1e-9)
+
+
+def test_log_density_values():
+    x = np.array([[-1.5, -1.5], [-0.5, -1.5], [1.5, 1.5], [3.0, 0.0]])
+    np.testing.assert_array_equal(
+        toy_log_density("checkerboard", x), [-math.log(8), -np.inf, -math.log(8), -np.inf]
+    )
+    # At mu_0 = (2 sqrt 2, 0), by hand: (1/8) sum_k N(mu_0; mu_k, sigma^2 I).
+    sq = ((EIGHT_MEANS - EIGHT_MEANS[0]) ** 2).sum(-1)
+    mixture = np.exp(-sq / (2 * EIGHT_SIGMA**2)).sum() / (8 * 2 * math.pi * EIGHT_SIGMA**2)
+    got = toy_log_density("8gaussians", EIGHT_MEANS[:1])
+    np.testing.assert_allclose(got, [np.log(mixture)], rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("name", "lo", "hi"), [("checkerboard", -2.0, 2.0), ("8gaussians", -4.0, 4.0)]
+)
+def test_log_density_matches_the_samplers_histogram(name, lo, hi):
+    # 16 x 16 bins; the exact mass of each bin by a 20 x 20 midpoint rule on exp(log p)
+    # (exact for the checkerboard, relative error < 1e-3 for the Gaussians).
+    num, bins, sub = 400_000, 16, 20
+    width = (hi - lo) / bins
+    x = sample_toy(name, num, seed=11).astype(np.float64)
+    counts = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=[[lo, hi], [lo, hi]])[0]
+    grid = _midpoint_grid(0.0, width, width / sub)  # (sub^2, 2) offsets inside one bin
+    index = np.meshgrid(np.arange(bins), np.arange(bins), indexing="ij")
+    corners = lo + width * np.stack(index, axis=-1)
+    pts = corners.reshape(-1, 1, 2) + grid[None]
+    mass = np.exp(toy_log_density(name, pts.reshape(-1, 2))).reshape(bins * bins, -1).mean(1)
+    expected = num * mass.reshape(bins, bins) * width**2
+    used = expected > 5
+    z = (counts - expected)[used] / np.sqrt(expected[used])
+    dof = used.sum()
+    # Pearson chi^2 within 5 standard deviations (sqrt(2 dof)) of dof; no bin beyond 5 sigma.
+    assert abs((z**2).sum() - dof) < 5 * math.sqrt(2 * dof)
+    assert np.abs(z).max() < 5
+    # Bins of zero mass are empty.
+    assert counts[expected == 0].sum() == 0
+
+
+def test_in_support_checkerboard_edges_and_real_data():
+    pts = np.array(
+        [[-2.0, -2.0], [-1.0, -1.5], [-1.0, -1.0], [2.0, 2.0], [-1.5, -0.5], [2.01, 0.5],
+         [-0.5, -2.0], [np.nan, 0.5]]
+    )
+    np.testing.assert_array_equal(
+        in_support("checkerboard", pts), [True, True, True, True, False, False, False, False]
+    )
+    x = sample_toy("checkerboard", 100_000, seed=12)  # float32: rounding may touch an edge
+    assert in_support("checkerboard", x).all()
+    grid = _midpoint_grid(-3.0, 3.0, 0.05)
+    np.testing.assert_array_equal(
+        in_support("checkerboard", grid), np.isfinite(toy_log_density("checkerboard", grid))
+    )
+    assert toy_support_mass("checkerboard") == 1.0
+
+
+def test_in_support_eight_gaussians_radius_and_mass():
+    r = EIGHT_GAUSSIANS_SUPPORT_STDS * EIGHT_SIGMA
+    assert EIGHT_GAUSSIANS_SUPPORT_STDS == 3.0
+    direction = np.array([math.cos(0.3), math.sin(0.3)])
+    pts = np.stack([EIGHT_MEANS[2] + 0.999 * r * direction, EIGHT_MEANS[5] + 1.001 * r * direction,
+                    np.zeros(2)])
+    np.testing.assert_array_equal(in_support("8gaussians", pts), [True, False, False])
+    # Own disk: 1 - exp(-9/2); the 7 other disks add ~1.2e-3 (Rice integrals).
+    mass = toy_support_mass("8gaussians")
+    own = 1 - math.exp(-4.5)
+    assert own + 1e-3 < mass < own + 1.5e-3
+    # Monte Carlo: binomial std sqrt(0.0099 * 0.99 / 6e5) ~ 1.3e-4 (tolerance ~3.9 std); the
+    # neighbours' share, 1.2e-3, is ~9 std.
+    frac = in_support("8gaussians", sample_toy("8gaussians", 600_000, seed=13)).mean()
+    assert abs(frac - mass) < 5e-4
