@@ -8,11 +8,16 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; the package itself is editable.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or constraints.txt changes; the package itself is
+# editable. Versions are pinned by constraints.txt (users of `pip install -e .` get the ranges of
+# pyproject.toml). A venv made before the distribution was renamed genflow -> genflow-jax has a
+# stale `genflow` distribution: it is removed first (the import name stays `genflow`).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --upgrade -c constraints.txt pip
+	@if $(BIN)/python -m pip show --quiet genflow >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip uninstall --quiet --yes genflow; fi
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 # Train the embedded default (VP diffusion on the 2-D checkerboard), then sample and plot.

@@ -15,7 +15,7 @@ and resuming a run at step ``k`` replays exactly the batches it would have seen 
 
 Preparing a public data set (``genflow data prepare NAME --data-dir DIR``, i.e.
 :func:`prepare_dataset`) is the only step that downloads anything and needs TensorFlow
-(``pip install 'genflow[tfds]'``). The built-in ``"digits"`` and ``"digits16"`` sets are made
+(``pip install -e '.[tfds]'`` in the checkout). The built-in ``"digits"`` and ``"digits16"`` sets are made
 from scikit-learn's digits on first use, offline and without TensorFlow.
 """
 
@@ -98,7 +98,7 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -
         if importlib.util.find_spec("tensorflow") is None:
             raise ImportError(
                 f"Preparing the TFDS data set {name!r} needs TensorFlow (only this once: training "
-                "reads it without). Install the extra with:\n    pip install 'genflow[tfds]'"
+                "reads it without). Install the extra from the genflow checkout with:\n    pip install -e '.[tfds]'"
             )
         builder.download_and_prepare(file_format="array_record")
     return Path(str(builder.data_dir))

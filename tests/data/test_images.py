@@ -224,7 +224,7 @@ def test_digits_are_built_on_first_use(tmp_path):
     importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed"
 )
 def test_preparing_a_catalogue_data_set_without_tensorflow_says_what_to_install(tmp_path):
-    with pytest.raises(ImportError, match=r"pip install 'genflow\[tfds\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[tfds\]'"):
         prepare_dataset("mnist", data_dir=tmp_path)
 
 

@@ -13,7 +13,11 @@ def assert_labels_condition_the_output(apply, fn, x, t, num_labels: int, null: i
         for b in range(a + 1, num_labels):
             assert np.abs(y[a] - y[b]).max() > 1e-3, (a, b)
     y_none = np.asarray(apply(fn, x, t, None))
-    np.testing.assert_allclose(y_none, np.broadcast_to(y[null], y.shape), rtol=1e-5, atol=1e-6)
+    # Two float32 programs (cond=None and a label array trace differently) through a U-Net or a
+    # DiT: each run is within 1.5e-6 * max|y| of float64 here, so they may differ by a few 1e-6
+    # of the output's scale on any entry, however small the entry.
+    np.testing.assert_allclose(y_none, np.broadcast_to(y[null], y.shape), rtol=1e-5,
+                               atol=2e-5 * np.abs(y).max())
     assert np.abs(y_none).max() > 1e-2
 
 

@@ -218,13 +218,18 @@ def test_value_hook_shapes_and_exact_reproduction(model, nudged):
     # (rngs is accepted and ignored: the DiT has no dropout).
     plain = apply(ModelFn(graphdef, (params, rest)), x, t, cond)
     assert isinstance(plain, jax.Array)
-    np.testing.assert_allclose(np.asarray(plain), np.asarray(out), rtol=1e-5, atol=1e-6)
-    # Injecting the values this input produces changes nothing, bit for bit; the returned
-    # values are still the ones computed from the input.
+    # Two float32 programs (plain and hooked call) through a 2-block DiT: each is within
+    # 1.2e-6 * max|y| of float64 here, so they may differ by a few 1e-6 of the output's scale.
+    tol = dict(rtol=1e-5, atol=2e-5 * np.abs(np.asarray(out)).max())
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(out), **tol)
+    # Injecting the values this input produces changes nothing; the returned values are still
+    # the ones computed from the input. Not bit for bit: feeding the values in is another
+    # program than computing them, which XLA may fuse (and round) differently.
     out_again, values_again = run(graphdef, params, rest, x, t, cond, values)
-    np.testing.assert_array_equal(np.asarray(out_again), np.asarray(out))
+    np.testing.assert_allclose(np.asarray(out_again), np.asarray(out), **tol)
     for v, w in zip(values, values_again):
-        np.testing.assert_array_equal(np.asarray(v), np.asarray(w))
+        np.testing.assert_allclose(np.asarray(w), np.asarray(v), rtol=1e-5,
+                                   atol=2e-5 * np.abs(np.asarray(v)).max())
 
 
 def test_injecting_another_inputs_values_changes_the_output(nudged):

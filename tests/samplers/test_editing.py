@@ -231,13 +231,17 @@ def test_dit_value_sharing(dit):
     assert len(jax.tree.leaves(fn)) == len(jax.tree.leaves(as_model_fn(dit))) > 0
     out = _dit_edits(as_model_fn(dit), fn, x)
     (plain_x, plain_z), (x0, z0), (x2, z2) = out["plain"], out["k0"], out["k2"]
-    np.testing.assert_allclose(x0, plain_x, rtol=1e-6, atol=1e-6)  # k = 0 is plain editing
-    np.testing.assert_allclose(z0, plain_z, rtol=1e-6, atol=1e-6)
+    # k = 0 is plain editing, through another function (the value hook): float32 edits of 8 DiT
+    # evaluations each, within 6e-7 of float64 at |x| <= 4 here; XLA may fuse the two paths
+    # differently, so they agree to float32 round-off (atol 1e-5), not bit for bit.
+    tol = dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x0, plain_x, **tol)
+    np.testing.assert_allclose(z0, plain_z, **tol)
     assert _NFE["k0"] == _NFE["plain"] == 2 * 2 * 2
     nfe0, nfe2 = _NFE["k0"], _NFE["k2"]
     x2_again = _dit_edits(as_model_fn(dit), fn, x)["k2"][0]
-    np.testing.assert_array_equal(x2, x2_again)  # deterministic
-    np.testing.assert_allclose(z2, z0, rtol=1e-6, atol=1e-6)  # the inversion is unchanged
+    np.testing.assert_array_equal(x2, x2_again)  # deterministic: the same compiled program
+    np.testing.assert_allclose(z2, z0, **tol)  # the inversion is unchanged (recording the values)
     assert np.abs(np.asarray(x2) - np.asarray(x0)).max() > 1e-3  # sharing changes the edit
     assert nfe2 == nfe0 + 1
     assert np.all(np.isfinite(np.asarray(x2)))
