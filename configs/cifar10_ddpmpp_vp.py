@@ -13,9 +13,10 @@ sampling blocks, no skip rescaling by 1/sqrt(2)); the network predicts eps with 
 (noise-residual) weighting, which is score_sde's continuous VP loss with
 ``likelihood_weighting=False``.
 
-Prepare the data once (needs the optional TensorFlow extra, only for this step)::
+Prepare the data once (needs the optional TensorFlow extra, only for this step; run in the
+genflow checkout)::
 
-    pip install 'genflow[tfds]' && genflow data prepare cifar10
+    pip install -e '.[tfds]' && genflow data prepare cifar10
     genflow train --config configs/cifar10_ddpmpp_vp.py
 
 Expected run time: 7.4 TFLOP per training step at batch 128 (XLA's cost analysis,
@@ -26,7 +27,8 @@ measurement. Sampling 1,000 Euler-Maruyama steps costs 1,000 forward passes of a
 GFLOP per image.
 """
 
-from genflow.config import Config, DataConfig, ModelConfig, SampleConfig, TrainConfig
+from genflow.config import Config, DataConfig, SampleConfig, TrainConfig, UNetConfig
+from genflow.methods import Denoising
 from genflow.processes import VPLinear
 
 
@@ -34,9 +36,10 @@ def get_config() -> Config:
     return Config(
         process=VPLinear(beta_min=0.1, beta_max=20.0),
         data=DataConfig(name="cifar10", batch_size=128, seed=0, random_flip=True),
-        model=ModelConfig(
-            name="unet", channels=128, channel_mult="1,2,2,2", num_res_blocks=4,
-            attention_resolutions="16", dropout=0.1, embedding="sinusoidal", embed_dim=128,
+        method=Denoising(prediction="eps", weighting="uniform", t_min=1e-5),
+        model=UNetConfig(
+            channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=4,
+            attention_resolutions=(16,), dropout=0.1, embedding="sinusoidal", embed_dim=128,
         ),
         train=TrainConfig(
             num_steps=1_300_000,
@@ -45,9 +48,6 @@ def get_config() -> Config:
             lr_decay="constant",
             grad_clip=1.0,
             ema_decay=0.9999,
-            prediction="eps",
-            weighting="uniform",
-            t_min=1e-5,
             steps_per_dispatch=100,
             log_every=1_000,
             checkpoint_every=50_000,

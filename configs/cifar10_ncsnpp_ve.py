@@ -13,9 +13,10 @@ predicts eps = -sigma_t * score (score_sde's ``scale_by_sigma`` output) with the
 weighting, i.e. score_sde's sigma^2-weighted score matching, averaged instead of summed over
 pixels.
 
-Prepare the data once (needs the optional TensorFlow extra, only for this step)::
+Prepare the data once (needs the optional TensorFlow extra, only for this step; run in the
+genflow checkout)::
 
-    pip install 'genflow[tfds]' && genflow data prepare cifar10
+    pip install -e '.[tfds]' && genflow data prepare cifar10
     genflow train --config configs/cifar10_ncsnpp_ve.py
 
 Expected run time: about the same as configs/cifar10_ddpmpp_vp.py, 7.4 TFLOP per training

@@ -14,7 +14,8 @@ about 15 minutes in all (35 minutes on a busy machine). Run it with
 for quality.
 """
 
-from genflow.config import Config, DataConfig, ModelConfig, SampleConfig, TrainConfig
+from genflow.config import Config, DataConfig, DiTConfig, SampleConfig, TrainConfig
+from genflow.methods import Denoising
 from genflow.processes import VPLinear
 
 
@@ -22,8 +23,9 @@ def get_config() -> Config:
     return Config(
         process=VPLinear(beta_min=0.1, beta_max=20.0),
         data=DataConfig(name="digits", batch_size=128, seed=0),
-        model=ModelConfig(
-            name="dit", patch_size=2, hidden=128, depth=4, num_heads=4, mlp_ratio=4.0,
+        method=Denoising(prediction="eps", weighting="uniform"),
+        model=DiTConfig(
+            patch_size=2, hidden=128, depth=4, num_heads=4, mlp_ratio=4.0,
             embedding="sinusoidal", embed_dim=128, num_classes=10,
         ),
         train=TrainConfig(
@@ -33,8 +35,6 @@ def get_config() -> Config:
             lr_decay="cosine",
             grad_clip=1.0,
             ema_decay=0.995,
-            prediction="eps",
-            weighting="uniform",
             label_dropout=0.1,
             steps_per_dispatch=50,
             log_every=100,

@@ -7,7 +7,7 @@ prediction, Adam 2e-4 with warm-up, EMA 0.9999, batch 128, 100,000 steps; class 
 10 % label dropout, so that samples can be guided (``genflow sample --guidance 2``). No flips
 (digits are not mirror-symmetric). Sampling: DPM-Solver++(2M), 50 steps on the log-SNR grid.
 
-    pip install 'genflow[tfds]' && genflow data prepare mnist
+    pip install -e '.[tfds]' && genflow data prepare mnist   # in the genflow checkout
     genflow train --config configs/mnist_ddpmpp_vp.py
 
 Expected run time: 0.87 TFLOP per training step at batch 128 (XLA's cost analysis,
@@ -19,7 +19,8 @@ step runs at about 1.6 GFLOP/s on 2 cores (scripts/bench_train.py, a smaller U-N
 ten minutes per step for this one; use configs/digits_cond.py there.
 """
 
-from genflow.config import Config, DataConfig, ModelConfig, SampleConfig, TrainConfig
+from genflow.config import Config, DataConfig, SampleConfig, TrainConfig, UNetConfig
+from genflow.methods import Denoising
 from genflow.processes import VPLinear
 
 
@@ -27,9 +28,10 @@ def get_config() -> Config:
     return Config(
         process=VPLinear(beta_min=0.1, beta_max=20.0),
         data=DataConfig(name="mnist", batch_size=128, seed=0),
-        model=ModelConfig(
-            name="unet", channels=64, channel_mult="1,2,2", num_res_blocks=2,
-            attention_resolutions="14", dropout=0.1, embedding="sinusoidal", embed_dim=64,
+        method=Denoising(prediction="eps", weighting="uniform", t_min=1e-5),
+        model=UNetConfig(
+            channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+            attention_resolutions=(14,), dropout=0.1, embedding="sinusoidal", embed_dim=64,
             num_classes=10,
         ),
         train=TrainConfig(
@@ -39,9 +41,6 @@ def get_config() -> Config:
             lr_decay="constant",
             grad_clip=1.0,
             ema_decay=0.9999,
-            prediction="eps",
-            weighting="uniform",
-            t_min=1e-5,
             label_dropout=0.1,
             steps_per_dispatch=100,
             log_every=1_000,

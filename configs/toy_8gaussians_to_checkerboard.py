@@ -2,7 +2,7 @@
 
 ``x_t = (1 - t) x0 + t x1 + gamma(t) z`` with ``gamma = sqrt(t (1 - t))``, ``x0`` from the
 checkerboard and ``x1`` from ``data.source = "8gaussians"``, drawn independently. One network
-learns the drift ``b`` and the denoiser ``eta`` (``train.prediction = "b+eta"``, two outputs);
+learns the drift ``b`` and the denoiser ``eta`` (``method.fields = "b+eta"``, two outputs);
 ``genflow sample`` starts from fresh 8-Gaussians points and follows the probability-flow ODE
 (``interpolant_heun``), or the SDE with ``--sampler interpolant_sde --option epsilon=1``. The
 same network, optimizer and budget as ``toy_checkerboard_vp.py``.
@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from genflow.config import load_config_file
+from genflow.methods import Interpolant
 from genflow.processes import StochasticInterpolant
 
 
@@ -21,6 +22,6 @@ def get_config():
         base,
         process=StochasticInterpolant("linear", gamma="sqrt"),
         data=dataclasses.replace(base.data, source="8gaussians"),
-        train=dataclasses.replace(base.train, prediction="b+eta", t_min=1e-3),
+        method=Interpolant(fields="b+eta", t_min=1e-3),
         sample=dataclasses.replace(base.sample, sampler="interpolant_heun", t_end=0.0),
     )

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from genflow.config import load_config_file
+from genflow.methods import Denoising
 from genflow.processes import EDM
 
 
@@ -20,7 +21,7 @@ def get_config():
     return dataclasses.replace(
         base,
         process=EDM(),
-        model=dataclasses.replace(base.model, precondition="edm", sigma_data=1.16),
-        train=dataclasses.replace(base.train, prediction="x0", weighting="edm"),
+        # One sigma_data for the preconditioning and the loss weight.
+        method=Denoising(prediction="x0", weighting="edm", precondition="edm", sigma_data=1.16),
         sample=dataclasses.replace(base.sample, sampler="edm_heun", grid="uniform"),
     )

@@ -2,13 +2,13 @@
 
 The checkerboard (in ``[-2, 2]^2``) is scaled by ``data.scale = 0.5`` into ``[-1, 1]`` and
 mapped onto ``[1, 2]`` by ``to_positive``; the network reads ``log x`` and predicts the noise of
-``log x_t`` (``train.prediction = "eps"``). ``sigma = 1.5`` (``mu = sigma^2 / 2``, so ``log X``
+``log x_t`` (``method.prediction = "eps"``). ``sigma = 1.5`` (``mu = sigma^2 / 2``, so ``log X``
 has no drift) makes the noise at ``t = 1`` dominate the data's own spread in ``log x``; the
 log-normal prior is matched to the data's log-moments when the config loads.
 
 The noise of ``log x`` is ``sigma sqrt(t)``, and one unit of ``log x`` is about six units of the
 checkerboard, so its squares form at ``t`` below about ``3e-3``: training draws ``log t``
-uniformly in ``[log 1e-6, 0]`` (``train.t_sampling = "log_uniform"``; with uniform ``t`` those
+uniformly in ``[log 1e-6, 0]`` (``method.t_sampling = "log_uniform"``; with uniform ``t`` those
 times get under 1 % of the batch) and sampling walks a grid geometric in ``t`` down to
 ``1e-6`` (``sample.grid = "log_snr"``), with the Dale's-law exponential sampler, which keeps
 every coordinate positive. The same network, optimizer and budget as ``toy_checkerboard_vp.py``.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from genflow.config import load_config_file
 from genflow.data import sample_toy
+from genflow.methods import GBM
 from genflow.processes import GeometricBrownianMotion, to_positive
 
 SCALE = 0.5
@@ -33,8 +34,7 @@ def get_config():
         base,
         process=GeometricBrownianMotion.from_data(positive, sigma=SIGMA),
         data=dataclasses.replace(base.data, scale=SCALE),
-        train=dataclasses.replace(base.train, prediction="eps", weighting="uniform",
-                                  t_sampling="log_uniform", t_min=1e-6),
+        method=GBM(prediction="eps", weighting="uniform", t_sampling="log_uniform", t_min=1e-6),
         sample=dataclasses.replace(base.sample, sampler="gbm_exponential", num_steps=500,
                                    grid="log_snr", t_end=1e-6),
     )

@@ -25,6 +25,6 @@ def get_config():
     return dataclasses.replace(
         base,
         process=KineticOptimalPath.from_data(data),
-        train=dataclasses.replace(base.train, prediction="velocity"),
+        method=dataclasses.replace(base.method, prediction="velocity"),
         sample=dataclasses.replace(base.sample, sampler="heun", grid="uniform"),
     )

@@ -18,6 +18,6 @@ def get_config():
     return dataclasses.replace(
         base,
         process=RectifiedFlow(),
-        train=dataclasses.replace(base.train, prediction="velocity"),
+        method=dataclasses.replace(base.method, prediction="velocity"),
         sample=dataclasses.replace(base.sample, sampler="heun", grid="uniform"),
     )

@@ -17,6 +17,6 @@ def get_config():
     return dataclasses.replace(
         base,
         process=SubVP(),
-        train=dataclasses.replace(base.train, prediction="eps"),
+        method=dataclasses.replace(base.method, prediction="eps"),
         sample=dataclasses.replace(base.sample, sampler="heun", grid="uniform"),
     )

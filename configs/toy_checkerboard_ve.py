@@ -18,6 +18,6 @@ def get_config():
     return dataclasses.replace(
         base,
         process=VE(sigma_min=0.01, sigma_max=10.0),
-        train=dataclasses.replace(base.train, prediction="eps"),
+        method=dataclasses.replace(base.method, prediction="eps"),
         sample=dataclasses.replace(base.sample, sampler="heun", grid="log_snr"),
     )

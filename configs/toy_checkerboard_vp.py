@@ -5,7 +5,8 @@ steps of the probability-flow ODE. Override anything with ``--set``, e.g.
 ``genflow train --config configs/toy_checkerboard_vp.py --set train.num_steps=2000``.
 """
 
-from genflow.config import Config, DataConfig, ModelConfig, SampleConfig, TrainConfig
+from genflow.config import Config, DataConfig, MLPConfig, SampleConfig, TrainConfig
+from genflow.methods import Denoising
 from genflow.processes import VPLinear
 
 
@@ -13,7 +14,8 @@ def get_config() -> Config:
     return Config(
         process=VPLinear(beta_min=0.1, beta_max=20.0),
         data=DataConfig(name="checkerboard", batch_size=512, seed=0),
-        model=ModelConfig(name="mlp", hidden=128, depth=3, embedding="fourier", embed_dim=64),
+        method=Denoising(prediction="eps", weighting="uniform"),
+        model=MLPConfig(hidden=128, depth=3, embedding="fourier", embed_dim=64),
         train=TrainConfig(
             num_steps=10_000,
             lr=2e-3,
@@ -21,8 +23,6 @@ def get_config() -> Config:
             lr_decay="cosine",
             grad_clip=1.0,
             ema_decay=0.995,
-            prediction="eps",
-            weighting="uniform",
             steps_per_dispatch=100,
             log_every=100,
             checkpoint_every=1000,

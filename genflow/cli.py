@@ -22,6 +22,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from genflow.config import help_list
+
     parser = _Parser(prog="genflow", description="Diffusion and flow generative models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -39,12 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
     sa.add_argument(
         "--sampler", default=None,
-        help="sampler name: euler, heun, ddim, euler_maruyama, pc, edm_heun, "
-        "dpm_solver[++]_{2,3}{m,s} (multistep/singlestep), rf_solver_{2,3}, dpm_solver_adaptive, "
-        "ode_adaptive; "
-        "for stochastic interpolants interpolant_heun, interpolant_euler, interpolant_sde; for "
-        "GBM gbm_exponential, gbm_euler_maruyama; fp_ode for a run trained with "
-        "train.fp_weight > 0 (default: the config's)",
+        help=f"sampler name (default: the config's): {help_list('solver')}",
     )
     sa.add_argument(
         "--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -55,7 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="number of solver steps (model evaluations for singlestep DPM-Solver)")
     sa.add_argument("--threshold", type=float, default=None, metavar="QUANTILE",
                     help="dynamic thresholding of x0_hat at this quantile, e.g. 0.995 (0: off)")
-    sa.add_argument("--grid", default=None, help="time grid: uniform, log_snr, quadratic, karras")
+    sa.add_argument("--grid", default=None, help=f"time grid: {help_list('grid')}")
     sa.add_argument("--t-start", type=float, default=None,
                     help="start of the time grid (default 1; e.g. 0.999 for a log-SNR grid on a "
                     "path whose log-SNR is infinite at t = 1, such as rectified flow)")
@@ -95,7 +92,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                     help="a sampler option (repeatable)")
     ip.add_argument("--steps", type=int, default=None, help="number of solver steps")
-    ip.add_argument("--grid", default=None, help="time grid: uniform, log_snr, quadratic, karras")
+    ip.add_argument("--grid", default=None, help=f"time grid: {help_list('grid')}")
     ip.add_argument("--seed", type=int, default=None, help="random seed")
     ip.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
     ip.add_argument("--out", default=None,
@@ -111,7 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
     ev.add_argument("--metrics", default="nll,sw2",
                     help="comma-separated: nll (nats/dim on 2-D data, bits/dim on images), sw2, "
-                    "mmd, energy, gap (ODE vs SDE samples and the Fokker-Planck residual, "
+                    "mmd, energy, sharpness (toy sets with an exact density), gap (ODE vs SDE samples and the Fokker-Planck residual, "
                     "plotted to WORKDIR/evaluate_gap.png), fd, kid (images; FID/KID with "
                     "--inception, else the digits' fallback features) (default: nll,sw2)")
     ev.add_argument("--num", type=int, default=None,
@@ -145,8 +142,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pr = da_sub.add_parser(
         "prepare",
         help="prepare a data set once: digits/digits16 offline from scikit-learn; any TFDS name "
-        "(mnist, cifar10, ...) downloads and converts it, which needs `pip install "
-        "'genflow[tfds]'` (TensorFlow, only for this step)",
+        "(mnist, cifar10, ...) downloads and converts it, which needs `pip install -e "
+        "'.[tfds]'` in the genflow checkout (TensorFlow, only for this step)",
     )
     pr.add_argument("name", help="digits, digits16, or a TFDS catalogue name such as mnist")
     pr.add_argument("--data-dir", default=None,
@@ -165,64 +162,68 @@ def _run_data(args) -> int:
     return 0
 
 
-def _prepare_reflow(args):
-    """Check everything before any compute: the run, the solver, the new directory."""
+
+# ---------------------------------------------------------------------------------- train
+def _run_train(args) -> int:
     from genflow import config as cfg
-    from genflow.training import CONFIG_FILE, has_checkpoint
+    from genflow.training import check_workdir_compatible
+
+    config = cfg.apply_overrides(cfg.load_config_file(args.config), args.overrides)
+    workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+    if not args.fresh:
+        check_workdir_compatible(config, workdir)
+    print(f"training {type(config.process).__name__} on {config.data.name} in {workdir}")
+    return _train_until_done(config, workdir, fresh=args.fresh, progress=not args.no_progress)
+
+
+def _train_until_done(config, workdir: Path, *, fresh: bool, progress: bool) -> int:
+    """Train; on Ctrl-C or SIGTERM say where the checkpoint is and return 130."""
+    from genflow.run import train
+
+    try:
+        train(config, workdir, fresh=fresh, progress=progress)
+    except KeyboardInterrupt as exc:
+        saved = f"saved a checkpoint at step {exc.step}" if hasattr(exc, "step") else (
+            "the last finished checkpoint is intact"
+        )
+        print(f"interrupted; {saved} in {workdir / 'checkpoints'}. Run the same command to "
+              "resume.", file=sys.stderr)
+        return 130
+    print(f"done: {config.train.num_steps} steps; checkpoints in {workdir}/checkpoints")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- reflow
+def _run_reflow(args) -> int:
+    from genflow import config as cfg
+    from genflow.run import check_trained, load_run_config, open_run
 
     workdir, out = Path(args.workdir), Path(args.out)
-    if not (workdir / CONFIG_FILE).is_file() or not has_checkpoint(workdir / "checkpoints"):
-        raise UsageError(f"{workdir} is not a trained genflow run (no config.json or checkpoint).")
+    config = load_run_config(workdir)
+    check_trained(workdir)
     if out.resolve() == workdir.resolve():
         raise UsageError("--out must be a new directory, not the run being reflowed.")
     pairs_path = (out / "pairs.npz").resolve()
-    if (out / CONFIG_FILE).exists() and not pairs_path.is_file():
+    if (out / "config.json").exists() and not pairs_path.is_file():
         raise UsageError(f"{out} already holds a run that is not a reflow; choose a new --out.")
     if args.pairs < 1 or args.steps < 1:
         raise UsageError("--pairs and --steps must be positive.")
-    solver = cfg.make_solver(args.sampler)
-    if solver.stochastic:
+    solver = cfg.REGISTRY.build("solver", args.sampler)
+    if getattr(solver, "stochastic", True):
         raise UsageError(f"--sampler {args.sampler} is stochastic; reflow needs an ODE solver.")
-    config = cfg.load_config_json(workdir / CONFIG_FILE)
-    if cfg.process_family(config.process) != "gaussian":
-        raise UsageError(
-            f"reflow couples noise with samples of a Gaussian path; {workdir} trains "
-            f"{cfg.process_name(config.process)}."
-        )
-    return config, solver, workdir, out, pairs_path
-
-
-def _run_reflow(args) -> int:
-    config, solver, workdir, out, pairs_path = _prepare_reflow(args)
-    import jax
-    import numpy as np
-
-    from genflow import config as cfg, samplers
-    from genflow.training import data_shape_of, model_fn_from, restore_run
-
+    if not config.resolved.method.coupled_pairs:
+        raise UsageError(f"reflow couples noise with samples of a Gaussian path; {workdir} trains "
+                         f"{cfg.REGISTRY.name_of('process', config.process)}.")
     if (out / "config.json").is_file():  # an interrupted reflow: keep its pairs, resume training
         config = cfg.load_config_json(out / "config.json")
         print(f"resuming the reflow in {out} (pairs: {pairs_path})")
         return _train_until_done(config, out, fresh=False, progress=not args.no_progress)
-    _, setup, step, params = restore_run(workdir, weights="ema")
-    shape = data_shape_of(config)
-    chunk = min(args.pairs, 8192)
+    import numpy as np
 
-    @jax.jit
-    def couple(model_fn, key):
-        x1 = config.process.prior_sample(key, (chunk, *shape))
-        x0 = samplers.sample(model_fn, config.process, solver, key=key, x_init=x1,
-                             prediction=config.train.prediction, num_steps=args.steps,
-                             t_end=config.sample.t_end).x
-        return x0, x1
-
+    run = open_run(workdir, config=config)
     print(f"coupling {args.pairs} noise draws with {args.sampler} x {args.steps} steps "
-          f"(checkpoint step {step})")
-    model_fn = model_fn_from(setup, params)
-    keys = jax.random.split(jax.random.key(args.seed), -(-args.pairs // chunk))
-    drawn = [jax.device_get(couple(model_fn, k)) for k in keys]
-    x0 = np.concatenate([d[0] for d in drawn])[: args.pairs]
-    x1 = np.concatenate([d[1] for d in drawn])[: args.pairs]
+          f"(checkpoint step {run.step})")
+    x0, x1 = run.couple(args.pairs, solver, num_steps=args.steps, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     tmp = pairs_path.with_suffix(".tmp.npz")
     np.savez(tmp, x0=x0, x1=x1)
@@ -235,154 +236,83 @@ def _run_reflow(args) -> int:
     return code
 
 
-def _prepare_train(args):
-    from genflow import config as cfg
+# ---------------------------------------------------------------------------------- sample
+_FLAGS = {"num_steps": "--steps", "num_samples": "--num", "threshold": "--threshold",
+          "t_start": "--t-start", "label": "--label", "guidance": "--guidance",
+          "solver_options": "--option", "sampler": "--sampler", "grid": "--grid"}
 
-    config = cfg.load_config_file(args.config)
-    config = cfg.apply_overrides(config, args.overrides)
-    workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
-    if not args.fresh:
-        from genflow.training import check_workdir_compatible
 
-        check_workdir_compatible(config, workdir)
+def _sample_config(args):
+    """The run's config with the sample flags applied, checked before any compute."""
+    from genflow.config import ConfigError, replace_sample
+    from genflow.run import check_trained, load_run_config
+
+    workdir = Path(args.workdir)
+    config = load_run_config(workdir)
+    sc = config.sample
+    changes = {
+        "sampler": args.sampler, "num_steps": args.steps, "grid": args.grid,
+        "num_samples": getattr(args, "num", None), "seed": args.seed,
+        "threshold": args.threshold, "t_start": args.t_start, "label": args.label,
+        "guidance": args.guidance,
+    }
+    if args.options or args.sampler not in (None, sc.sampler):
+        # The config's options belong to the config's sampler.
+        same = args.sampler in (None, sc.sampler)
+        options = dict(sc.solver_options) if same else {}
+        from genflow.config import parse_options
+
+        options.update(parse_options(",".join(args.options)))
+        changes["solver_options"] = options
+    changes = {k: v for k, v in changes.items() if v is not None}
+    try:
+        config = replace_sample(config, **changes) if changes else config
+    except ConfigError as exc:
+        msg = str(exc)
+        for field, flag in _FLAGS.items():
+            msg = msg.replace(f"sample.{field}", flag)
+        raise UsageError(msg) from None
+    check_trained(workdir)
     return config, workdir
 
 
-def _run_train(args) -> int:
-    config, workdir = _prepare_train(args)
-    print(f"training {type(config.process).__name__} on {config.data.name} in {workdir}")
-    return _train_until_done(config, workdir, fresh=args.fresh, progress=not args.no_progress)
-
-
-def _train_until_done(config, workdir: Path, *, fresh: bool, progress: bool) -> int:
-    """Train; on Ctrl-C or SIGTERM say where the checkpoint is and return 130."""
-    from genflow.training import train
-
-    try:
-        train(config, workdir, fresh=fresh, progress=progress)
-    except KeyboardInterrupt as exc:
-        saved = f"saved a checkpoint at step {exc.step}" if hasattr(exc, "step") else (
-            "the last finished checkpoint is intact"
-        )
-        print(
-            f"interrupted; {saved} in {workdir / 'checkpoints'}. Run the same command to resume.",
-            file=sys.stderr,
-        )
-        return 130
-    print(f"done: {config.train.num_steps} steps; checkpoints in {workdir}/checkpoints")
-    return 0
-
-
-def _prepare_sample(args):
-    import dataclasses
-
-    from genflow import config as cfg
-    from genflow.training import CONFIG_FILE, has_checkpoint
-
-    workdir = Path(args.workdir)
-    if not (workdir / CONFIG_FILE).is_file():
-        raise UsageError(
-            f"{workdir} is not a genflow run (no {CONFIG_FILE}); train one with "
-            "`genflow train --config FILE --workdir DIR`."
-        )
-    config = cfg.load_config_json(workdir / CONFIG_FILE)
-    changes = {
-        "sampler": args.sampler, "num_steps": args.steps, "grid": args.grid,
-        "num_samples": args.num, "seed": args.seed, "threshold": args.threshold,
-        "t_start": args.t_start, "label": args.label, "guidance": args.guidance,
-    }
-    if args.options or (args.sampler not in (None, config.sample.sampler)):
-        # The config's options belong to the config's sampler.
-        same = args.sampler in (None, config.sample.sampler)
-        base = [config.sample.solver_options] if same and config.sample.solver_options else []
-        changes["solver_options"] = ",".join(base + args.options)
-    flag = {"num_steps": "--steps", "num_samples": "--num", "threshold": "--threshold",
-            "t_start": "--t-start", "label": "--label", "guidance": "--guidance"}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    try:
-        sample_config = dataclasses.replace(config.sample, **changes)
-        config = dataclasses.replace(config, sample=sample_config)
-    except cfg.ConfigError as exc:
-        msg = str(exc)
-        for field, name in flag.items():
-            msg = msg.replace(f"sample.{field}", name)
-        raise UsageError(msg) from None
-    if not has_checkpoint(workdir / "checkpoints"):
-        raise UsageError(
-            f"no checkpoint in {workdir / 'checkpoints'}; train first (or resume) with "
-            f"`genflow train --workdir {workdir} ...`."
-        )
-    out = Path(args.out) if args.out else workdir / "samples"
-    return config, workdir, out
-
-
 def _run_sample(args) -> int:
-    config, workdir, out = _prepare_sample(args)
-    import jax
-    import numpy as np
+    config, workdir = _sample_config(args)
+    out = Path(args.out) if args.out else workdir / "samples"
+    from genflow.run import open_run, sampling, toy_quality
 
-    from genflow.config import is_image_dataset
-    from genflow.metrics import sliced_wasserstein2, sliced_wasserstein2_floor
-    from genflow.plotting import class_grid, image_grid_png, scatter_png
-    from genflow.training import make_sampling, model_fn_from, reference_data, restore_run
-    from genflow.training._families import sample_labels
-
+    run = open_run(workdir, weights=args.weights, config=config)
     sc = config.sample
-    initial, run, what = make_sampling(config)
-    draw = jax.jit(run)
-    _, setup, step, params = restore_run(workdir, weights=args.weights)
-
-    options_text = f" [{sc.solver_options}]" if sc.solver_options else ""
-    print(
-        f"sampling {sc.num_samples} points with {what}{options_text} "
-        f"({args.weights} weights, checkpoint step {step})"
-    )
-    x, nfe = draw(model_fn_from(setup, params), jax.random.key(sc.seed),
-                  initial(sc.num_samples, sc.seed))
-    x = np.asarray(jax.device_get(x))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    labels = sample_labels(config, sc.num_samples)
-    np.savez(
-        out.with_suffix(".npz"), samples=x, nfe=int(nfe), sampler=sc.sampler,
-        solver_options=sc.solver_options, num_steps=sc.num_steps, grid=sc.grid, step=step,
-        **({} if labels is None else {"labels": labels, "guidance": sc.guidance}),
-    )
-    if is_image_dataset(config.data.name):
-        grid, nrow = class_grid(x, labels, config.model.num_classes)
-        image_grid_png(out.with_suffix(".png"), grid, nrow=nrow)
-        print(f"wrote {out.with_suffix('.npz')} and {out.with_suffix('.png')} (NFE {int(nfe)})")
-        return 0
-    # Fresh data, from seeds that training never used.
-    fresh = lambda num, seed: reference_data(config, num, seed)  # noqa: E731
-    reference = fresh(sc.num_samples, sc.seed)
-    scatter_png(out.with_suffix(".png"), x, reference, title=f"{config.data.name}: {sc.sampler}")
-    sw2 = sliced_wasserstein2(x, reference)
-    floor = sliced_wasserstein2_floor(fresh, sc.num_samples)
-    print(f"wrote {out.with_suffix('.npz')} and {out.with_suffix('.png')} (NFE {int(nfe)})")
-    print(
-        f"sliced W2, samples vs data: {sw2:.4f}   data vs data (floor): {floor:.4f}   "
-        f"ratio: {sw2 / floor:.2f}"
-    )
+    options = ",".join(f"{k}={v}" for k, v in sc.solver_options.items())
+    options = f" [{options}]" if options else ""
+    print(f"sampling {sc.num_samples} points with {sampling(config).description}{options} "
+          f"({args.weights} weights, checkpoint step {run.step})")
+    samples = run.sample(config=config)
+    reference = None if config.data.images else run.reference(sc.num_samples, sc.seed)
+    npz, png = samples.save(out, reference=reference)
+    print(f"wrote {npz} and {png} (NFE {samples.nfe})")
+    if reference is not None:
+        for line in toy_quality(run, samples, reference):
+            print(line)
     return 0
 
 
+# ---------------------------------------------------------------------------------- evaluate
 def _run_evaluate(args) -> int:
     import json
     import time
 
-    from genflow.config import load_config_json
-    from genflow.training import CONFIG_FILE, METRICS_FILE, has_checkpoint
+    from genflow import evaluate
+    from genflow.run import check_trained, load_run_config
+    from genflow.training import METRICS_FILE
 
     workdir = Path(args.workdir)
-    if not (workdir / CONFIG_FILE).is_file() or not has_checkpoint(workdir / "checkpoints"):
-        raise UsageError(f"{workdir} holds no trained run (config.json and a checkpoint); train "
-                         "one with `genflow train --config FILE --workdir DIR`.")
+    config = load_run_config(workdir)
+    check_trained(workdir)
     if args.probes < 1:
         raise UsageError(f"--probes must be >= 1, got {args.probes}.")
-    from genflow import evaluate
-
     metrics = evaluate.parse_metrics(args.metrics)
-    evaluate.check_metrics(load_config_json(workdir / CONFIG_FILE), metrics, args.inception)
+    evaluate.check_metrics(config, metrics, args.inception)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(metrics), unit="metric", dynamic_ncols=True)
@@ -419,13 +349,12 @@ def _run_evaluate(args) -> int:
     return 0
 
 
-_HALVES = ("top", "bottom", "left", "right", "center", "random")
-
-
+# ---------------------------------------------------------------------------------- inpaint
 def _inpaint_mask(spec: str, shape: tuple[int, int, int], seed: int):
-    """The known-pixel mask (1 = known) of ``--mask``, shaped ``(H, W, C)``, or ``None`` for
-    colorization; a usage error for anything that does not fit the images."""
+    """The known-pixel mask of ``--mask`` shaped ``(H, W, C)``, or ``None`` for colorization."""
     import numpy as np
+
+    from genflow.run import REGION_MASKS, region_mask
 
     h, w, c = shape
     if spec == "color":
@@ -433,57 +362,37 @@ def _inpaint_mask(spec: str, shape: tuple[int, int, int], seed: int):
             raise UsageError(f"--mask color colours RGB images; this run's images have {c} "
                              "channel(s). Use a region mask such as --mask bottom.")
         return None
-    mask = np.ones((h, w, c), np.float32)
-    if spec == "top":
-        mask[: h // 2] = 0
-    elif spec == "bottom":
-        mask[h // 2:] = 0
-    elif spec == "left":
-        mask[:, : w // 2] = 0
-    elif spec == "right":
-        mask[:, w // 2:] = 0
-    elif spec == "center":
-        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 0
-    elif spec == "random":
-        mask[np.random.default_rng(seed).random((h, w)) < 0.5] = 0
-    else:
-        path = Path(spec)
-        if path.suffix != ".npy" or not path.is_file():
-            raise UsageError(f"--mask {spec!r} is neither one of {', '.join(_HALVES)}, color "
-                             "nor an existing FILE.npy.")
-        loaded = np.load(path)
-        if loaded.ndim == 2:
-            loaded = loaded[..., None]
-        if loaded.shape not in ((h, w, 1), (h, w, c)) or not np.isin(loaded, (0, 1)).all():
-            raise UsageError(f"--mask {spec}: expected 0/1 values shaped ({h}, {w}) or ({h}, {w}, "
-                             f"{c}) for this run's {h}x{w}x{c} images, got shape {loaded.shape}.")
-        mask = np.broadcast_to(loaded, (h, w, c)).astype(np.float32)
-    return mask
+    if spec in REGION_MASKS:
+        return region_mask(spec, shape, seed)
+    path = Path(spec)
+    if path.suffix != ".npy" or not path.is_file():
+        raise UsageError(f"--mask {spec!r} is neither one of {', '.join(REGION_MASKS)}, color "
+                         "nor an existing FILE.npy.")
+    loaded = np.load(path, allow_pickle=False)
+    if loaded.ndim == 2:
+        loaded = loaded[..., None]
+    if loaded.shape not in ((h, w, 1), (h, w, c)) or not np.isin(loaded, (0, 1)).all():
+        raise UsageError(f"--mask {spec}: expected 0/1 values shaped ({h}, {w}) or ({h}, {w}, "
+                         f"{c}) for this run's {h}x{w}x{c} images, got shape {loaded.shape}.")
+    return np.broadcast_to(loaded, (h, w, c)).astype(np.float32)
 
 
 def _run_inpaint(args) -> int:
-    config, workdir, _ = _prepare_sample(args)
     import dataclasses
 
-    from genflow.config import (
-        GRIDS,
-        ConfigError,
-        is_image_dataset,
-        make_solver,
-        process_family,
-    )
-    from genflow.training import data_shape_of
+    from genflow import samplers
+    from genflow.run import open_run
+    from genflow.training import data_shape_of, image_batches
 
-    sc = config.sample
-    if not is_image_dataset(config.data.name) or process_family(config.process) != "gaussian":
+    config, workdir = _sample_config(args)
+    method, solver, _ = config.resolved
+    if method.field_class is not samplers.Denoiser or not config.data.images:
         raise UsageError(f"{workdir} is not an image run on a Gaussian path (data set "
                          f"{config.data.name!r}, process {type(config.process).__name__}); "
                          "inpainting needs one.")
-    try:
-        solver = make_solver(sc.sampler, sc.solver_options)
-    except ConfigError as exc:
-        raise UsageError(f"{exc} Inpainting takes a fixed-step sampler such as pc or "
-                         "dpm_solver++_2m.") from None
+    if isinstance(solver, samplers.AbstractAdaptiveSampler):
+        raise UsageError(f"{config.sample.sampler} is not a fixed-step solver. Inpainting takes a "
+                         "fixed-step sampler such as pc or dpm_solver++_2m.")
     if args.reconstruction_weight < 0:
         raise UsageError("--reconstruction-weight must be >= 0 (0: plain replacement), got "
                          f"{args.reconstruction_weight}.")
@@ -492,76 +401,52 @@ def _run_inpaint(args) -> int:
         raise UsageError(f"--label needs a class-conditional run and a class in 0..{classes - 1}"
                          if classes else "--label needs a class-conditional run.")
     shape = data_shape_of(config)
-    mask = _inpaint_mask(args.mask, shape, sc.seed)
+    mask = _inpaint_mask(args.mask, shape, config.sample.seed)
     out = Path(args.out) if args.out else workdir / "inpaint"
 
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from genflow import samplers
     from genflow.plotting import image_grid_png
-    from genflow.training import model_fn_from, restore_run
-    from genflow.training._families import image_batches
+    from genflow.run import output_paths
 
     data = dataclasses.replace(config.data, batch_size=args.num, split=args.split,
                                random_flip=False)
     batch = image_batches(dataclasses.replace(config, data=data)).batch(0)
-    x, labels = jnp.asarray(batch["x"]), np.asarray(batch["label"])
-    _, setup, step, params = restore_run(workdir, weights=args.weights)
-    cond = None
-    if classes:
-        cond = jnp.full((args.num,), classes if args.label is None else args.label, jnp.int32)
-    common = dict(prediction=config.train.prediction, num_steps=sc.num_steps,
-                  grid=GRIDS[sc.grid], t_start=sc.t_start, t_end=sc.t_end, cond=cond,
-                  reconstruction_weight=args.reconstruction_weight)
-    if mask is None:
-        gray = x.mean(axis=-1, keepdims=True)
-        run = lambda m, key: samplers.colorize(m, config.process, solver, key=key,  # noqa: E731
-                                               gray=gray, **common)
-        shown = jnp.broadcast_to(gray, x.shape)
-    else:
-        run = lambda m, key: samplers.inpaint(m, config.process, solver, key=key,  # noqa: E731
-                                              x_known=x, mask=mask, **common)
-        shown = jnp.where(mask == 1, x, 0.0)
+    x, labels = np.asarray(batch["x"]), np.asarray(batch["label"])
+    run = open_run(workdir, weights=args.weights, config=config)
+    sc = config.sample
     what = "colouring" if mask is None else f"inpainting ({args.mask})"
     print(f"{what} {args.num} {args.split} images with {sc.sampler}, {sc.num_steps} steps "
-          f"(checkpoint step {step})")
-    result = jax.jit(run)(model_fn_from(setup, params), jax.random.key(sc.seed))
+          f"(checkpoint step {run.step})")
+    result = run.inpaint(x, mask, label=args.label, reconstruction_weight=args.reconstruction_weight)
     filled = np.asarray(result.x)
-    rows = [np.asarray(a)[i: i + 10] for i in range(0, args.num, 10)
-            for a in (x, shown, filled)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid_png(out.with_suffix(".png"), np.concatenate(rows), nrow=min(10, args.num))
-    np.savez(out.with_suffix(".npz"), original=np.asarray(x), result=filled, labels=labels,
-             mask=np.ones(shape, np.float32) if mask is None else mask, nfe=int(result.nfe),
-             sampler=sc.sampler, num_steps=sc.num_steps, step=step,
+    shown = np.broadcast_to(x.mean(axis=-1, keepdims=True), x.shape) if mask is None else \
+        np.where(mask == 1, x, 0.0)
+    rows = [np.asarray(a)[i: i + 10] for i in range(0, args.num, 10) for a in (x, shown, filled)]
+    npz, png = output_paths(out)
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    image_grid_png(png, np.clip(np.concatenate(rows), -1.0, 1.0), nrow=min(10, args.num))
+    np.savez(npz, original=x, result=np.clip(filled, -1.0, 1.0), result_raw=filled,
+             labels=labels, mask=np.ones(shape, np.float32) if mask is None else mask,
+             nfe=int(result.nfe), sampler=sc.sampler, num_steps=sc.num_steps, step=run.step,
              reconstruction_weight=args.reconstruction_weight)
     if mask is not None:
-        kept = bool(np.array_equal(filled[:, mask == 1], np.asarray(x)[:, mask == 1]))
+        kept = bool(np.array_equal(filled[:, mask == 1], x[:, mask == 1]))
         print(f"known pixels kept exactly: {kept}")
-    print(f"wrote {out.with_suffix('.npz')} and {out.with_suffix('.png')} (NFE {int(result.nfe)})")
+    print(f"wrote {npz} and {png} (NFE {int(result.nfe)})")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genflow`` console script."""
+    parser = _build_parser()
+    commands = {"train": _run_train, "reflow": _run_reflow, "data": _run_data,
+                "inpaint": _run_inpaint, "evaluate": _run_evaluate, "sample": _run_sample}
     from genflow.config import ConfigError
 
-    parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command == "train":
-            return _run_train(args)
-        if args.command == "reflow":
-            return _run_reflow(args)
-        if args.command == "data":
-            return _run_data(args)
-        if args.command == "inpaint":
-            return _run_inpaint(args)
-        if args.command == "evaluate":
-            return _run_evaluate(args)
-        return _run_sample(args)
+        return commands[args.command](args)
     except (UsageError, ConfigError) as exc:
         print(f"genflow: error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from genflow import fokker_planck as fp
-from genflow.config import Config, ConfigError, DataConfig, ModelConfig, SampleConfig, TrainConfig
+from genflow import methods
+from genflow.config import Config, ConfigError, DataConfig, MLPConfig, SampleConfig, TrainConfig
 from genflow.losses import denoising_loss
 from genflow.processes import VE, RectifiedFlow, VPLinear
 from genflow.training import init_train_state, model_fn_from, train
@@ -205,10 +206,11 @@ def test_weight_zero_is_plain_dsm_and_weight_adds_penalty():
 TINY = Config(
     process=VPLinear(beta_min=0.1, beta_max=20.0),
     data=DataConfig(name="checkerboard", batch_size=32, seed=3),
-    model=ModelConfig(hidden=16, depth=1, embedding="fourier", embed_dim=8),
+    model=MLPConfig(hidden=16, depth=1, embedding="fourier", embed_dim=8),
+    method=methods.Denoising(t_min=1e-3, fp_weight=1.0, fp_points=8),
     train=TrainConfig(num_steps=10, lr=1e-2, warmup_steps=3, lr_decay="constant",
                       ema_decay=0.9, steps_per_dispatch=5, log_every=5, checkpoint_every=10,
-                      seed=7, t_min=1e-3, fp_weight=1.0, fp_points=8),
+                      seed=7),
 )
 
 
@@ -234,7 +236,7 @@ def test_log_density_network_is_a_gradient_field():
     """``model.output="log_density"``: the network's output is the x-gradient of its scalar."""
     config = dataclasses.replace(
         TINY, model=dataclasses.replace(TINY.model, output="log_density"),
-        train=dataclasses.replace(TINY.train, prediction="score", fp_divergence="hutchinson"),
+        method=dataclasses.replace(TINY.method, prediction="score", fp_divergence="hutchinson"),
     )
     setup, state = init_train_state(config, (2,))
     params = jax.tree.map(lambda p: p + 0.1 * jnp.cos(jnp.arange(p.size).reshape(p.shape)),
@@ -251,11 +253,11 @@ def test_log_density_network_is_a_gradient_field():
 def test_fp_config_validation():
     with pytest.raises(ConfigError, match="fp_weight"):
         dataclasses.replace(TINY, process=RectifiedFlow())
-    with pytest.raises(ConfigError, match="fp_divergence"):
-        TrainConfig(fp_divergence="trace")
-    with pytest.raises(ConfigError, match="fp_weight"):
-        TrainConfig(fp_weight=-1.0)
-    no_fp = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, fp_weight=0.0))
+    with pytest.raises(ValueError, match="fp_divergence"):
+        methods.Denoising(fp_divergence="trace")
+    with pytest.raises(ValueError, match="fp_weight"):
+        methods.Denoising(fp_weight=-1.0)
+    no_fp = dataclasses.replace(TINY, method=dataclasses.replace(TINY.method, fp_weight=0.0))
     with pytest.raises(ConfigError, match="fp_ode"):
         dataclasses.replace(no_fp, sample=SampleConfig(sampler="fp_ode"))
     dataclasses.replace(TINY, sample=SampleConfig(sampler="fp_ode"))  # trained with fp: fine

@@ -272,7 +272,7 @@ def log_likelihood_from_velocity(
     the log-density it transports the data to at ``t_end``. Use it for flows that are not
     written as a prediction on a Gaussian path, e.g. the drift ``b`` of a
     :class:`genflow.processes.StochasticInterpolant` (the field integrated by
-    :func:`genflow.processes.interpolant_ode`, finite on all of ``[0, 1]``) with a Gaussian base
+    :class:`genflow.samplers.InterpolantHeun`, finite on all of ``[0, 1]``) with a Gaussian base
     ``x1 ~ N(0, I)``: ``prior_log_prob`` is then ``log N(z; 0, I)``
     (``marginal_log_prob(processes.RectifiedFlow(), z, 1.0)``). For an interpolant between two
     data sets the end density ``rho_1`` must be known in closed form for this to be a likelihood.

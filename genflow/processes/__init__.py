@@ -15,7 +15,6 @@ from genflow.processes._edm import (
 from genflow.processes._gbm import (
     GeometricBrownianMotion as GeometricBrownianMotion,
     from_positive as from_positive,
-    sample_gbm as sample_gbm,
     to_positive as to_positive,
 )
 from genflow.processes._gbm_loss import gbm_score_loss as gbm_score_loss
@@ -30,8 +29,6 @@ from genflow.processes._kinetic_optimal import (
 )
 from genflow.processes._stochastic_interpolant import (
     StochasticInterpolant as StochasticInterpolant,
-    interpolant_ode as interpolant_ode,
-    interpolant_sde as interpolant_sde,
     interpolant_loss as interpolant_loss,
 )
 from genflow.processes._subvp import SubVP as SubVP
@@ -59,10 +56,7 @@ __all__ = [
     "edm_precondition",
     "from_positive",
     "gbm_score_loss",
-    "interpolant_ode",
-    "interpolant_sde",
     "interpolant_loss",
     "kinetic_energy",
-    "sample_gbm",
     "to_positive",
 ]

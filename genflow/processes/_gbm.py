@@ -32,7 +32,8 @@ data are themselves log-normal. (The authors' code samples fitted constants inst
 MNIST ``log X_1 ~ N(0.1565, 0.8353^2)``; :meth:`GeometricBrownianMotion.from_data` sets the
 moments from a data sample.)
 
-Reverse-time sampling (:func:`sample_gbm`): with ``g(x) = sigma x`` elementwise, Anderson's
+Reverse-time sampling (the solvers :class:`genflow.samplers.GBMExponential` and
+:class:`genflow.samplers.GBMEulerMaruyama`): with ``g(x) = sigma x`` elementwise, Anderson's
 reverse SDE ``dX = [f - div(g g^T) - g^2 grad log p_t] dt + g dW_bar`` reads
 
     dX = [mu X - 2 sigma^2 X - sigma^2 X o X o grad log p_t(X)] dt + sigma X dW_bar,
@@ -48,7 +49,6 @@ Positive data come from ``[-1, 1]`` by the affine map :func:`to_positive` (inver
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -65,9 +65,6 @@ from genflow.processes._base import (
 
 T_FLOOR = 1e-5
 """Smallest time at which :meth:`GeometricBrownianMotion.conditional_score` is evaluated."""
-
-_METHODS = ("exponential", "euler_maruyama")
-
 
 def _time_like(t: ArrayLike, x: Array) -> Array:
     # Times in the wider of t's and x's precision, at least float32. (as_float_array alone
@@ -231,151 +228,31 @@ class GeometricBrownianMotion(AbstractForwardSDE):
         var = jnp.asarray(self.data_log_std, dtype) ** 2 + self.sigma**2
         return mean, var
 
+    # ------------------------------------------------------------------ noise scale (grids)
+    def _log_sigma(self, dtype) -> Array:
+        # The geometric mean of a per-channel sigma: grids depend on ratios of the noise scale
+        # only, so any constant scale gives the same grid.
+        return jnp.mean(jnp.log(jnp.asarray(self.sigma, dtype)))
+
+    def log_snr(self, t: ArrayLike) -> Array:
+        """``-log(sigma sqrt(t))``, minus the log of the noise scale of ``log x_t | x_0``.
+
+        Strictly decreasing (``+inf`` at ``t = 0``), so that the grids of
+        :mod:`genflow.samplers` apply: ``log_snr_uniform`` is geometric in ``t`` (uniform in
+        the log of the noise scale) and ``karras`` uniform in ``(sigma sqrt t)^(1/rho)``. For a
+        per-channel ``sigma`` its geometric mean is the scale (the grids do not depend on it).
+        """
+        t = _as_float(t)
+        return -(self._log_sigma(t.dtype) + 0.5 * jnp.log(t))
+
+    def t_from_log_snr(self, lam: ArrayLike) -> Array:
+        """Inverse of :meth:`log_snr`: ``t = exp(-2 (lam + log sigma))``."""
+        lam = _as_float(lam)
+        return jnp.exp(-2.0 * (lam + self._log_sigma(lam.dtype)))
+
     def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
         """Draw ``X_1 = exp(m_1 + sqrt(v_1) z)`` (log-normal, always positive), with
         ``(m_1, v_1)`` from :meth:`prior_log_moments` broadcast against ``shape``."""
         mean, var = self.prior_log_moments(dtype)
         z = jax.random.normal(key, shape, dtype)
         return jnp.exp(mean + jnp.sqrt(var) * z).astype(dtype)
-
-
-# ---------------------------------------------------------------------- reverse samplers
-def _exponential_step(process, x, h, z, delta):
-    # Dale-Langevin (sign-preserving) step: Euler-Maruyama of the reverse SDE of Y = log X,
-    # exponentiated: x <- x exp(delta sigma^2 h - delta (mu - 3/2 sigma^2) + sigma sqrt(delta) z).
-    s2 = process.sigma**2
-    noise = process.sigma * jnp.sqrt(delta) * z
-    log_gain = delta * s2 * h - delta * (process.mu - 1.5 * s2) + noise
-    return x * jnp.exp(log_gain)
-
-
-def _euler_maruyama_step(process, x, h, z, delta):
-    # Sign-agnostic step: Euler-Maruyama of the ambient reverse SDE,
-    # x <- x [1 + delta (2 sigma^2 - mu) + delta sigma^2 h + sigma sqrt(delta) z].
-    s2 = process.sigma**2
-    noise = process.sigma * jnp.sqrt(delta) * z
-    gain = 1.0 + delta * (2.0 * s2 - process.mu) + delta * s2 * h + noise
-    return x * gain
-
-
-_STEPS = {"exponential": _exponential_step, "euler_maruyama": _euler_maruyama_step}
-_GRIDS = ("uniform", "quadratic", "log")
-
-
-def sample_gbm(
-    score_fn: Callable[..., Array],
-    process: GeometricBrownianMotion,
-    *,
-    key: PRNGKeyArray,
-    shape: tuple[int, ...] | None = None,
-    x_init: Float[Array, "b *d"] | None = None,
-    num_steps: int,
-    method: str = "exponential",
-    t_start: float = 1.0,
-    t_end: float = 1e-3,
-    grid: str = "uniform",
-    denoise_final: bool = False,
-    cond: Any = None,
-    dtype=jnp.float32,
-    return_trajectory: bool = False,
-):
-    """Sample the reverse-time GBM on the uniform grid ``t_start = t_0 > ... > t_N = t_end``.
-
-    With ``h = x o score_fn(x, t_k)`` (the Hyvarinen score), ``delta = t_k - t_{k+1}`` and
-    ``z ~ N(0, I)``, one step is
-
-    * ``"exponential"`` (the paper's Dale-Langevin sampler, Euler-Maruyama in ``log x``):
-      ``x <- x o exp(delta sigma^2 h - delta (mu - 3/2 sigma^2) + sigma sqrt(delta) z)``;
-      it keeps the sign of every entry, so positive samples stay positive;
-    * ``"euler_maruyama"`` (sign-agnostic, Euler-Maruyama of the ambient reverse SDE
-      ``dX = [mu X - 2 sigma^2 X - sigma^2 X o X o grad log p_t] dt + sigma X dW_bar``):
-      ``x <- x o [1 + delta (2 sigma^2 - mu) + delta sigma^2 h + sigma sqrt(delta) z]``;
-      it can leave the positive orthant when a step is large.
-
-    This is the plain discretisation of the reverse SDE on the time grid. The authors' samplers
-    use a tuned constant step (not ``1/N``), several inner steps per level and noise annealed
-    by 0.995 per step; none of that is reproduced here.
-
-    Noise is added at every step (no final denoising), so the result follows ``p_{t_end}``;
-    the score is never evaluated at ``t_end`` itself, so ``t_end = 0`` is allowed when the
-    score is finite as ``t -> 0``. Jit-able (``lax.scan``, no ``lax.cond``) when ``num_steps``,
-    ``method``, ``shape`` and ``return_trajectory`` are static.
-
-    Args:
-      score_fn: ``score_fn(x, t, cond) -> grad_x log p_t(x)`` shaped like ``x``, ``t: (b,)``.
-      process: the forward GBM the score belongs to.
-      key: randomness for the prior draw (when ``x_init`` is not given) and the steps.
-      shape: ``(b, *data_shape)`` to start from ``process.prior_sample``; or
-      x_init: a starting batch at ``t_start`` (exactly one of the two).
-      num_steps: number of steps (= network evaluations), >= 1.
-      method: ``"exponential"`` or ``"euler_maruyama"``.
-      t_start, t_end: the ends of the grid, ``t_start > t_end >= 0``.
-      grid: ``"uniform"`` in ``t``; ``"quadratic"``, uniform in ``sqrt(t)``, i.e. in the noise
-        scale ``sigma sqrt(t)`` of ``log x`` (the last steps shrink like ``1/N^2``); or
-        ``"log"``, geometric in ``t`` (uniform in the log of the noise scale, as a log-SNR grid:
-        the choice for a small ``t_end`` > 0, where the data's fine structure forms).
-      denoise_final: end with Tweedie's estimate in log space instead of ``x_{t_end}``,
-        ``log x0_hat = log x - (mu - sigma^2/2) t + sigma^2 t (h + 1)`` at ``t = t_end``
-        (one more score evaluation; it removes the noise that ``p_{t_end}`` still holds).
-      cond: passed through to ``score_fn``.
-      dtype: dtype of the prior draw (ignored with ``x_init``).
-      return_trajectory: also return the ``(num_steps + 1, *x.shape)`` states.
-
-    Returns:
-      ``genflow.samplers.SampleResult(x, trajectory, nfe)``, ``nfe = num_steps`` (+1 with
-      ``denoise_final``).
-    """
-    from genflow.samplers._base import SampleResult  # lazy: samplers import processes
-
-    if method not in _STEPS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
-    if grid not in _GRIDS:
-        raise ValueError(f"grid must be one of {_GRIDS}, got {grid!r}.")
-    if (shape is None) == (x_init is None):
-        raise ValueError("Pass exactly one of shape= (start from the prior) or x_init=.")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
-    if _is_number(t_start) and _is_number(t_end) and not t_start > t_end >= 0:
-        raise ValueError(
-            f"Sampling runs backwards in time: need t_start > t_end >= 0, got "
-            f"t_start={t_start}, t_end={t_end}."
-        )
-    key_prior, key_steps = jax.random.split(key)
-    if x_init is None:
-        x_init = process.prior_sample(key_prior, tuple(shape), dtype)
-    x_init = jnp.asarray(x_init)
-    grid_dtype = jnp.result_type(x_init.dtype, jnp.float32)
-    if grid == "log" and _is_number(t_end) and not t_end > 0:
-        raise ValueError("grid='log' is geometric in t and needs t_end > 0 (e.g. 1e-6).")
-    if grid == "uniform":
-        ts = jnp.linspace(t_start, t_end, num_steps + 1, dtype=grid_dtype)
-    elif grid == "log":
-        ts = jnp.geomspace(jnp.asarray(t_start, grid_dtype), jnp.asarray(t_end, grid_dtype),
-                           num_steps + 1).at[0].set(t_start).at[-1].set(t_end)
-    else:
-        root = jnp.linspace(jnp.sqrt(jnp.asarray(t_start, grid_dtype)),
-                            jnp.sqrt(jnp.asarray(t_end, grid_dtype)), num_steps + 1)
-        ts = (root**2).at[0].set(t_start).at[-1].set(t_end)
-    keys = jax.random.split(key_steps, num_steps)
-    step_fn = _STEPS[method]
-
-    def body(x, inputs):
-        t_cur, t_next, k = inputs
-        t_b = jnp.full((x.shape[0],), t_cur, grid_dtype)
-        h = x * score_fn(x, t_b, cond).astype(x.dtype)
-        z = jax.random.normal(k, x.shape, x.dtype)
-        x_next = step_fn(process, x, h, z, t_cur - t_next).astype(x.dtype)
-        return x_next, (x_next if return_trajectory else None)
-
-    x, traj = jax.lax.scan(body, x_init, (ts[:-1], ts[1:], keys))
-    if denoise_final:  # Tweedie in log space, written multiplicatively (keeps each sign)
-        t_last = ts[-1]
-        h = x * score_fn(x, jnp.full((x.shape[0],), t_last, grid_dtype), cond).astype(x.dtype)
-        s2t = process.sigma**2 * t_last
-        x = (x * jnp.exp(s2t * (h + 1.0) - (process.mu - 0.5 * process.sigma**2) * t_last)
-             ).astype(x.dtype)
-    if return_trajectory:
-        traj = jnp.concatenate([x_init[None], traj], axis=0)
-        if denoise_final:
-            traj = traj.at[-1].set(x)
-    return SampleResult(x=x, trajectory=traj, nfe=num_steps + int(denoise_final))

@@ -209,8 +209,9 @@ class KineticOptimalPath(AbstractGaussianPath):
                              "with KineticOptimalPath.from_data or from_angle_table.")
         if not (np.all(np.diff(phi) > 0) and np.all(np.diff(theta) > 0) and np.all(slope >= 0)):
             raise ValueError("phi and theta must increase strictly (and slopes be >= 0).")
-        half_pi = np.float64(np.asarray(_HALF_PI, np.asarray(self.theta).dtype))
-        if phi[0] != 0 or theta[0] != 0 or theta[-1] != half_pi or not 0 < phi[-1] <= math.pi:
+        # pi/2 to float32 precision: a table written in float32 may be read in float64.
+        at_half_pi = abs(theta[-1] - math.pi / 2) <= 4 * float(np.finfo(np.float32).eps)
+        if phi[0] != 0 or theta[0] != 0 or not at_half_pi or not 0 < phi[-1] <= math.pi:
             raise ValueError("the table must run from (phi, theta) = (0, 0) to (Phi, pi/2) with "
                              f"0 < Phi <= pi; got phi in [{phi[0]}, {phi[-1]}], theta in "
                              f"[{theta[0]}, {theta[-1]}].")

@@ -20,7 +20,10 @@ opposite sign and the score is the same. The fields that the losses learn are
 
 so ``b = v + gamma' eta = v - gamma gamma' s``. ``rho_t`` solves the transport equation
 ``d rho / dt + div(b rho) = 0`` and, for any ``eps(t) >= 0``, the Fokker-Planck equations
-``d rho / dt + div((b -+ eps s) rho) = -+ eps Laplacian rho``.
+``d rho / dt + div((b -+ eps s) rho) = -+ eps Laplacian rho``. The solvers
+:class:`genflow.samplers.InterpolantEuler`, :class:`~genflow.samplers.InterpolantHeun` (the
+ODE ``dx/dt = b``) and :class:`~genflow.samplers.InterpolantSDE` (the SDE with diffusion
+``eps``) generate from the fields through :func:`genflow.samplers.sample`.
 
 **One-sided** interpolants (``"one_sided_*"``) take ``x1 ~ N(0, I)`` as the base and no latent
 noise (``gamma = 0``); the Gaussian base plays the part of ``z``: ``eta = E[x1 | x_t]`` and
@@ -256,6 +259,14 @@ class StochasticInterpolant:
         xt = self.interpolate(t, x0, x1) + broadcast_to_data(self.gamma(t), x0) * z
         return xt.astype(x0.dtype), z
 
+    def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        """Draw ``x1 ~ N(0, I)``: the ``t = 1`` end when no source data set is given.
+
+        An interpolant between two data sets starts from draws of its ``t = 1`` data set
+        instead (``genflow.samplers.sample(..., x_init=x1)``).
+        """
+        return jax.random.normal(key, shape, dtype)
+
 
 # ---------------------------------------------------------------------- losses
 def interpolant_loss(
@@ -350,179 +361,3 @@ def interpolant_loss(
     f = model_fn(x_all, t_all, cond)
     per = 0.5 * f**2 - f * y_all
     return jnp.mean(per)
-
-
-# ---------------------------------------------------------------------- generation
-def _check_grid(num_steps, t_start, t_end):
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
-    for name, v in (("t_start", t_start), ("t_end", t_end)):
-        if isinstance(v, (int, float)) and not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {v}.")
-    if isinstance(t_start, (int, float)) and isinstance(t_end, (int, float)) and t_start == t_end:
-        raise ValueError(f"t_start and t_end must differ, both are {t_start}.")
-
-
-def _grid(x, t_start, t_end, num_steps):
-    dtype = jnp.result_type(x.dtype, jnp.float32)
-    return jnp.linspace(t_start, t_end, num_steps + 1, dtype=dtype), dtype
-
-
-def interpolant_ode(
-    b_fn: Callable[..., Array],
-    interpolant: StochasticInterpolant,
-    x_start: Float[Array, "b *d"],
-    *,
-    num_steps: int,
-    t_start: float = 1.0,
-    t_end: float = 0.0,
-    method: str = "heun",
-    cond: Any = None,
-    return_trajectory: bool = False,
-):
-    r"""Integrate the probability-flow ODE ``dx/dt = b(t, x)`` from ``t_start`` to ``t_end``.
-
-    Default: from ``x_start ~ rho_1`` at ``t = 1`` to ``rho_0`` at ``t = 0``; either direction
-    works (``t_start < t_end`` maps ``rho_0`` to ``rho_1``). On the uniform grid with
-    ``h = t_{n+1} - t_n`` (negative backwards): Euler ``x + h b(t_n, x)``; Heun (trapezoidal)
-    ``x' = x + h b_n``, ``x + h/2 (b_n + b(t_{n+1}, x'))``. ``b`` is finite at both ends
-    (``b = v - gamma gamma' s``), so the exact ends are used.
-
-    Args:
-      b_fn: ``b_fn(x, t, cond)`` with ``t: (b,)``.
-      interpolant: the interpolant ``b`` belongs to (for a uniform signature).
-      x_start: the batch at ``t_start``.
-      num_steps: steps on the grid (>= 1).
-      t_start, t_end: ends of the grid in ``[0, 1]``.
-      method: ``"heun"`` (2 evaluations a step) or ``"euler"`` (1).
-      cond: passed to ``b_fn``.
-      return_trajectory: also return the ``(num_steps + 1, *x.shape)`` states.
-
-    Returns:
-      ``SampleResult(x, trajectory, nfe)``, ``nfe = num_steps`` (Euler) or ``2 num_steps``.
-    """
-    from genflow.samplers._base import SampleResult  # lazy: samplers import processes
-
-    del interpolant
-    if method not in ("heun", "euler"):
-        raise ValueError(f"method must be 'heun' or 'euler', got {method!r}.")
-    _check_grid(num_steps, t_start, t_end)
-    x_start = jnp.asarray(x_start)
-    ts, dtype = _grid(x_start, t_start, t_end, num_steps)
-    n = x_start.shape[0]
-
-    def field(x, t):
-        return b_fn(x, jnp.full((n,), t, dtype), cond).astype(x.dtype)
-
-    def body(x, times):
-        t_cur, t_next = times
-        h = (t_next - t_cur).astype(x.dtype)
-        d = field(x, t_cur)
-        x_next = x + h * d
-        if method == "heun":
-            x_next = x + 0.5 * h * (d + field(x_next, t_next))
-        return x_next, (x_next if return_trajectory else None)
-
-    x, traj = jax.lax.scan(body, x_start, (ts[:-1], ts[1:]))
-    if return_trajectory:
-        traj = jnp.concatenate([x_start[None], traj], axis=0)
-    return SampleResult(x=x, trajectory=traj, nfe=num_steps * (2 if method == "heun" else 1))
-
-
-def interpolant_sde(
-    b_fn: Callable[..., Array],
-    s_fn: Callable[..., Array],
-    interpolant: StochasticInterpolant,
-    x_start: Float[Array, "b *d"],
-    *,
-    key: PRNGKeyArray,
-    num_steps: int,
-    epsilon: float | Callable[[Array], Array] = 1.0,
-    s_kind: str = "s",
-    t_start: float = 1.0,
-    t_end: float = 0.0,
-    cond: Any = None,
-    return_trajectory: bool = False,
-):
-    r"""Euler-Maruyama for the generative SDE with diffusion ``eps(t) >= 0``.
-
-    Forward in genflow's time (``rho_0 -> rho_1``) the SDE is the paper's backward one,
-    ``dx = (b + eps s) dt + sqrt(2 eps) dW``. Backwards (the default, ``rho_1 -> rho_0``, the
-    paper's forward SDE with ``s = 1 - t``): with ``tau = 1 - t``, ``rho`` obeys
-    ``d rho/d tau = div(b rho) = -div((-b + eps s) rho) + eps Laplacian rho`` (add
-    ``eps (Laplacian rho - div(rho grad log rho)) = 0``), so
-
-    .. math::
-
-        dx = (b - \varepsilon s)\, dt + \sqrt{2 \varepsilon}\, d\bar W_t \quad (dt < 0),
-        \qquad x_{n+1} = x_n + h\, b_n + |h|\, \varepsilon_n s_n + \sqrt{2 \varepsilon_n |h|}\, \xi_n,
-
-    the second form (``h = t_{n+1} - t_n``, fields at ``t_n``) holding in both directions.
-
-    **Ends.** ``s = -eta / gamma`` is ``0/0`` where ``gamma = 0`` (``t = 0, 1``; ``t = 0`` only
-    for one-sided, with ``beta``). Fields are evaluated at ``t_0, ..., t_{N-1}`` only (never at
-    ``t_end``), and ``eps s`` is taken as ``0`` wherever ``eps(t) = 0``; so either pass an
-    ``epsilon(t)`` that vanishes at ``t_start`` (e.g. ``lambda t: t * (1 - t)``), or, with a
-    constant ``epsilon`` and ``s_kind="eta"``, start inside (``t_start = 1 - 1e-3``). A score
-    model ``s_kind="s"`` is used as given (finite at ``t = 1`` if ``rho_1`` has a score).
-
-    Args:
-      b_fn: ``b_fn(x, t, cond)``, the drift.
-      s_fn: ``s_fn(x, t, cond)``: the score (``s_kind="s"``) or denoiser (``"eta"``).
-      interpolant: the interpolant the fields belong to (for ``gamma``).
-      x_start: the batch at ``t_start``.
-      key: randomness of the Brownian increments.
-      num_steps: steps (>= 1).
-      epsilon: a float ``>= 0`` or ``epsilon(t) -> (b,)`` on ``t: (b,)``.
-      s_kind: ``"s"`` or ``"eta"``.
-      t_start, t_end: ends of the grid in ``[0, 1]``.
-      cond: passed to both fields.
-      return_trajectory: also return the ``(num_steps + 1, *x.shape)`` states.
-
-    Returns:
-      ``SampleResult(x, trajectory, nfe=2 num_steps)`` (one ``b`` and one ``s`` call a step).
-    """
-    from genflow.samplers._base import SampleResult  # lazy: samplers import processes
-
-    if s_kind not in ("s", "eta"):
-        raise ValueError(f"s_kind must be 's' (score) or 'eta' (denoiser), got {s_kind!r}.")
-    _check_grid(num_steps, t_start, t_end)
-    if not callable(epsilon):
-        if isinstance(epsilon, (int, float)) and epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
-        if (isinstance(epsilon, (int, float)) and epsilon > 0 and s_kind == "eta"
-                and isinstance(t_start, (int, float))
-                and (t_start == 0.0 or (t_start == 1.0 and not interpolant.one_sided))):
-            raise ValueError(
-                f"s = -eta / gamma is undefined at t_start={t_start} (gamma = 0) and a constant "
-                "epsilon > 0 uses it; start inside (t_start = 1 - 1e-3) or pass an epsilon(t) "
-                "that vanishes there, e.g. lambda t: t * (1 - t)."
-            )
-    x_start = jnp.asarray(x_start)
-    ts, dtype = _grid(x_start, t_start, t_end, num_steps)
-    n = x_start.shape[0]
-    keys = jax.random.split(key, num_steps)
-
-    def eps_at(t_b):
-        e = epsilon(t_b) if callable(epsilon) else jnp.full_like(t_b, epsilon)
-        return jnp.broadcast_to(jnp.asarray(e, dtype), t_b.shape)
-
-    def body(x, inputs):
-        t_cur, t_next, k = inputs
-        t_b = jnp.full((n,), t_cur, dtype)
-        h = t_next - t_cur
-        b = b_fn(x, t_b, cond).astype(x.dtype)
-        s = s_fn(x, t_b, cond).astype(x.dtype)
-        if s_kind == "eta":
-            s = -s / broadcast_to_data(interpolant.noise_scale(t_b), x).astype(x.dtype)
-        eps = broadcast_to_data(eps_at(t_b), x)
-        eps_s = jnp.where(eps == 0, 0.0, eps * s).astype(x.dtype)
-        noise = jnp.sqrt(2.0 * eps * jnp.abs(h)).astype(x.dtype) * jax.random.normal(k, x.shape, x.dtype)
-        x_next = (x + h.astype(x.dtype) * b + jnp.abs(h).astype(x.dtype) * eps_s + noise).astype(x.dtype)
-        return x_next, (x_next if return_trajectory else None)
-
-    x, traj = jax.lax.scan(body, x_start, (ts[:-1], ts[1:], keys))
-    if return_trajectory:
-        traj = jnp.concatenate([x_start[None], traj], axis=0)
-    return SampleResult(x=x, trajectory=traj, nfe=2 * num_steps)
-

@@ -1,4 +1,10 @@
-"""Samplers: solvers, time grids and ``sample()``.
+"""Samplers: solvers, their fields, time grids and ``sample()``.
+
+Every solver is an object with ``step`` (or, for the adaptive samplers, ``run``) that
+:func:`sample` drives; it names the field it evaluates (``field_class``): :class:`Denoiser` for
+Gaussian paths, :class:`GBMScore` for geometric Brownian motion (:class:`GBMExponential`,
+:class:`GBMEulerMaruyama`), :class:`InterpolantField` for stochastic interpolants between two
+data sets (:class:`InterpolantEuler`, :class:`InterpolantHeun`, :class:`InterpolantSDE`).
 
 Importing this package needs JAX only. Example::
 
@@ -11,8 +17,10 @@ Importing this package needs JAX only. Example::
     result.x, result.nfe
 """
 
-from genflow.samplers._adaptive import sample_adaptive as sample_adaptive
+from genflow.samplers._adaptive import AdaptiveODE as AdaptiveODE, sample_adaptive as sample_adaptive
 from genflow.samplers._base import (
+    AbstractAdaptiveSampler as AbstractAdaptiveSampler,
+    AbstractField as AbstractField,
     AbstractSolver as AbstractSolver,
     Denoiser as Denoiser,
     DynamicThresholding as DynamicThresholding,
@@ -20,7 +28,10 @@ from genflow.samplers._base import (
     SampleResult as SampleResult,
 )
 from genflow.samplers._ddim import DDIM as DDIM
-from genflow.samplers._dpm_adaptive import sample_dpm_adaptive as sample_dpm_adaptive
+from genflow.samplers._dpm_adaptive import (
+    DPMSolverAdaptive as DPMSolverAdaptive,
+    sample_dpm_adaptive as sample_dpm_adaptive,
+)
 from genflow.samplers._dpm_singlestep import DPMSolverSinglestep as DPMSolverSinglestep
 from genflow.samplers._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from genflow.samplers._editing import (
@@ -32,6 +43,11 @@ from genflow.samplers._editing import (
     supports_value_injection as supports_value_injection,
 )
 from genflow.samplers._edm import EDMHeun as EDMHeun
+from genflow.samplers._gbm import (
+    GBMEulerMaruyama as GBMEulerMaruyama,
+    GBMExponential as GBMExponential,
+    GBMScore as GBMScore,
+)
 from genflow.samplers._grids import (
     karras as karras,
     log_snr_uniform as log_snr_uniform,
@@ -44,7 +60,13 @@ from genflow.samplers._inpaint import (
     colorize as colorize,
     inpaint as inpaint,
 )
-from genflow.samplers._ode import Euler as Euler, Heun as Heun
+from genflow.samplers._interpolant import (
+    InterpolantEuler as InterpolantEuler,
+    InterpolantField as InterpolantField,
+    InterpolantHeun as InterpolantHeun,
+    InterpolantSDE as InterpolantSDE,
+)
+from genflow.samplers._ode import Euler as Euler, FokkerPlanckHeun as FokkerPlanckHeun, Heun as Heun
 from genflow.samplers._pc import (
     AncestralPredictor as AncestralPredictor,
     AnnealedLangevinCorrector as AnnealedLangevinCorrector,
@@ -60,10 +82,14 @@ from genflow.samplers._sample import invert as invert, sample as sample
 from genflow.samplers._sde import EulerMaruyama as EulerMaruyama
 
 __all__ = [
+    "AbstractAdaptiveSampler",
+    "AbstractField",
     "AbstractSolver",
+    "AdaptiveODE",
     "AncestralPredictor",
     "AnnealedLangevinCorrector",
     "DDIM",
+    "DPMSolverAdaptive",
     "DPMSolverMultistep",
     "DPMSolverSinglestep",
     "Denoiser",
@@ -73,7 +99,15 @@ __all__ = [
     "Euler",
     "EulerMaruyama",
     "EulerMaruyamaPredictor",
+    "FokkerPlanckHeun",
+    "GBMEulerMaruyama",
+    "GBMExponential",
+    "GBMScore",
     "Heun",
+    "InterpolantEuler",
+    "InterpolantField",
+    "InterpolantHeun",
+    "InterpolantSDE",
     "LangevinCorrector",
     "ModelFn",
     "NoCorrector",

@@ -7,7 +7,7 @@ The sampler integrates
 (:meth:`Denoiser.velocity`) from ``t_start`` (noise) down to ``t_end`` with
 ``diffrax.diffeqsolve``, an explicit Runge--Kutta pair (Tsit5 or Dopri5) and a
 ``PIDController(rtol, atol)``. It is the only module of ``genflow.samplers`` that imports
-diffrax (DESIGN.md, section 2).
+diffrax (docs/architecture.md, "Layers").
 
 Exact NFE
 ---------
@@ -47,6 +47,7 @@ whole batch); ``jax.vmap`` over ``x_init`` gives each sample its own steps inste
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import diffrax
@@ -56,8 +57,8 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from genflow.prediction import Prediction
-from genflow.processes._base import AbstractGaussianPath
-from genflow.samplers._base import Denoiser, ModelFn, SampleResult
+from genflow.processes._base import AbstractGaussianPath, pytree_dataclass
+from genflow.samplers._base import AbstractAdaptiveSampler, Denoiser, ModelFn, SampleResult
 from genflow.samplers._sample import _check_model_output
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
@@ -100,6 +101,18 @@ def _check_tolerance(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a positive float scalar, got {value!r}.") from err
     if v is not None and not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
+
+
+def _check_options(solver: Any, rtol: Any, atol: Any, max_steps: Any) -> diffrax.AbstractERK:
+    """Clear errors for the step-control options; returns the diffrax solver."""
+    diffrax_solver = _parse_solver(solver)
+    _check_tolerance("rtol", rtol)
+    _check_tolerance("atol", atol)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)):
+        raise TypeError(f"max_steps must be an int, got {max_steps!r}.")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
+    return diffrax_solver
 
 
 def _rms(leaves) -> Array:
@@ -234,13 +247,7 @@ def sample_adaptive(
         missing ``x_init``/``shape`` or a model whose output is not shaped like ``x``.
       TypeError: for a solver that is not Tsit5 or Dopri5.
     """
-    diffrax_solver = _parse_solver(solver)
-    _check_tolerance("rtol", rtol)
-    _check_tolerance("atol", atol)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)):
-        raise TypeError(f"max_steps must be an int, got {max_steps!r}.")
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
+    diffrax_solver = _check_options(solver, rtol, atol, max_steps)
     ts_concrete = (_concrete_float(t_start), _concrete_float(t_end))
     if None not in ts_concrete:
         if not 0.0 <= ts_concrete[1] < ts_concrete[0] <= 1.0:
@@ -265,7 +272,7 @@ def sample_adaptive(
     x_init = jnp.asarray(x_init)
     if not jnp.issubdtype(x_init.dtype, jnp.floating):
         raise TypeError(f"x_init must be a floating-point array, got dtype {x_init.dtype}.")
-    # Times in float32 or better, even for low-precision x (DESIGN.md, section 1).
+    # Times in float32 or better, even for low-precision x (docs/architecture.md, "Conventions").
     t_dtype = jnp.result_type(x_init.dtype, jnp.float32)
     t0 = jnp.asarray(t_start, t_dtype)
     t1 = jnp.asarray(t_end, t_dtype)
@@ -289,4 +296,46 @@ def sample_adaptive(
     return SampleResult(x=x, trajectory=None, nfe=nfe)
 
 
-__all__ = ["sample_adaptive"]
+@pytree_dataclass(static=("solver", "max_steps"))
+@dataclasses.dataclass(frozen=True)
+class AdaptiveODE(AbstractAdaptiveSampler):
+    """The probability-flow ODE with an adaptive-step diffrax solver, as an object.
+
+    ``sample(model_fn, process, AdaptiveODE(rtol=1e-6), key=..., prediction=..., shape=...)``
+    is :func:`sample_adaptive` with these options (same numbers, same exact NFE, a traced
+    integer; see the module docstring). Give no ``num_steps``, ``ts`` or ``grid``; there is no
+    trajectory, no thresholding and no ``denoise_final``. The first step size is chosen by
+    Hairer's rule (``sample_adaptive(dt0=None)``).
+
+    Attributes:
+      solver: ``"tsit5"`` (default), ``"dopri5"``, or a ``diffrax.Tsit5()`` /
+        ``diffrax.Dopri5()`` object (static).
+      rtol, atol: relative and absolute tolerances of the PID step-size controller (data: a
+        new value does not recompile).
+      max_steps: the most steps (accepted or rejected) before the solve fails (static).
+    """
+
+    solver: Any = "tsit5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    max_steps: int = 4096
+
+    def __post_init__(self):
+        _check_options(self.solver, self.rtol, self.atol, self.max_steps)
+
+    def run(self, model_fn, process, *, key, prediction, x_init, shape, t_start, t_end, cond,
+            thresholding, denoise_final) -> SampleResult:
+        if thresholding is not None:
+            raise ValueError("AdaptiveODE does not threshold x0_hat (the ODE's velocity would no "
+                             "longer be smooth); use DPMSolverAdaptive or a fixed-step solver.")
+        if denoise_final:
+            raise ValueError("AdaptiveODE has no denoise_final; use DPMSolverAdaptive or a "
+                             "fixed-step solver.")
+        return sample_adaptive(
+            model_fn, process, key=key, prediction=prediction, x_init=x_init, shape=shape,
+            t_start=t_start, t_end=t_end, cond=cond, solver=self.solver, rtol=self.rtol,
+            atol=self.atol, max_steps=self.max_steps,
+        )
+
+
+__all__ = ["AdaptiveODE", "sample_adaptive"]

@@ -28,6 +28,7 @@ gradients.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -36,8 +37,8 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from genflow.prediction import Prediction
-from genflow.processes._base import AbstractGaussianPath, broadcast_to_data
-from genflow.samplers._base import Denoiser, ModelFn, SampleResult
+from genflow.processes._base import AbstractGaussianPath, broadcast_to_data, pytree_dataclass
+from genflow.samplers._base import AbstractAdaptiveSampler, Denoiser, ModelFn, SampleResult
 from genflow.samplers._dpm_solver import check_options, exponential_coefficients
 from genflow.samplers._sample import _check_model_output
 
@@ -48,6 +49,19 @@ def _positive_or_traced(value: Any) -> bool:
         return True
     value = np.asarray(value, dtype=np.float64)
     return bool(value.ndim == 0 and np.isfinite(value) and value > 0)
+
+
+def _check_dpm_options(name, order, algorithm, variant, h_init, atol, rtol, theta, t_err,
+                       max_steps) -> None:
+    """Clear errors for the options of the adaptive DPM-Solver (before any tracing)."""
+    check_options(name, order, algorithm, variant, orders=(2, 3))
+    for option, value in dict(h_init=h_init, atol=atol, rtol=rtol, t_err=t_err).items():
+        if isinstance(value, bool) or not _positive_or_traced(value):
+            raise ValueError(f"{option} must be a finite positive number, got {value!r}.")
+    if not (_positive_or_traced(theta) and (isinstance(theta, jax.core.Tracer) or theta <= 1)):
+        raise ValueError(f"theta must lie in (0, 1], got {theta!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}.")
 
 
 def _lower_higher(denoise, data, order, variant, x, t_s, t):
@@ -133,14 +147,8 @@ def sample_dpm_adaptive(
       :class:`SampleResult` with ``x`` at ``t_end``, no trajectory, and ``nfe`` (a traced
       int32 scalar: ``order`` per attempted step, plus 1 with ``denoise_final``).
     """
-    check_options("sample_dpm_adaptive", order, algorithm, variant, orders=(2, 3))
-    for name, value in dict(h_init=h_init, atol=atol, rtol=rtol, t_err=t_err).items():
-        if isinstance(value, bool) or not _positive_or_traced(value):
-            raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
-    if not (_positive_or_traced(theta) and (isinstance(theta, jax.core.Tracer) or theta <= 1)):
-        raise ValueError(f"theta must lie in (0, 1], got {theta!r}.")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}.")
+    _check_dpm_options("sample_dpm_adaptive", order, algorithm, variant, h_init, atol, rtol,
+                       theta, t_err, max_steps)
     if not 0.0 < t_end < t_start <= 1.0:
         raise ValueError(
             f"need 0 < t_end < t_start <= 1 (the step sizes live in log-SNR, which must be "
@@ -197,3 +205,51 @@ def sample_dpm_adaptive(
         x = denoise(x, t_end_)[0].astype(x.dtype)
         nfe = nfe + denoise.calls
     return SampleResult(x=x, trajectory=None, nfe=nfe)
+
+
+@pytree_dataclass(static=("order", "algorithm", "variant", "max_steps"))
+@dataclasses.dataclass(frozen=True)
+class DPMSolverAdaptive(AbstractAdaptiveSampler):
+    """The adaptive-step DPM-Solver (module docstring) as an object.
+
+    ``sample(model_fn, process, DPMSolverAdaptive(order=2), key=..., prediction=..., shape=...,
+    t_start=..., t_end=..., cond=..., thresholding=..., denoise_final=...)`` is
+    :func:`sample_dpm_adaptive` with these options (same numbers, same NFE: a traced integer).
+    Give no ``num_steps``, ``ts`` or ``grid``; there is no trajectory.
+
+    Attributes:
+      order: 2 or 3, the order of the higher update (and the evaluations per attempt; static).
+      algorithm: ``"dpmsolver++"`` (data form) or ``"dpmsolver"`` (noise form; static).
+      variant: ``"midpoint"`` or ``"taylor"`` (static).
+      h_init: the first step size in half log-SNR.
+      atol, rtol: absolute and relative tolerances of the error estimate.
+      theta: safety factor of the step-size update, in ``(0, 1]``.
+      t_err: the loop stops when ``|t_s - t_end| <= t_err``.
+      max_steps: at most this many attempted steps (static); ``x`` is NaN if ``t_end`` is not
+        reached by then.
+    """
+
+    order: int = 3
+    algorithm: str = "dpmsolver++"
+    variant: str = "midpoint"
+    h_init: float = 0.05
+    atol: float = 0.0078
+    rtol: float = 0.05
+    theta: float = 0.9
+    t_err: float = 1e-5
+    max_steps: int = 1000
+
+    def __post_init__(self):
+        _check_dpm_options(type(self).__name__, self.order, self.algorithm, self.variant,
+                           self.h_init, self.atol, self.rtol, self.theta, self.t_err,
+                           self.max_steps)
+
+    def run(self, model_fn, process, *, key, prediction, x_init, shape, t_start, t_end, cond,
+            thresholding, denoise_final) -> SampleResult:
+        return sample_dpm_adaptive(
+            model_fn, process, key=key, prediction=prediction, x_init=x_init, shape=shape,
+            order=self.order, algorithm=self.algorithm, variant=self.variant, t_start=t_start,
+            t_end=t_end, h_init=self.h_init, atol=self.atol, rtol=self.rtol, theta=self.theta,
+            t_err=self.t_err, max_steps=self.max_steps, cond=cond, thresholding=thresholding,
+            denoise_final=denoise_final,
+        )

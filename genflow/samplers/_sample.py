@@ -1,4 +1,9 @@
-"""``sample()`` and ``invert()``: drive any solver over a time grid with ``lax.scan``."""
+"""``sample()`` and ``invert()``: drive any solver over a time grid with ``lax.scan``.
+
+The solver names its field (``solver.field_class``: :class:`Denoiser` for Gaussian paths,
+:class:`GBMScore`, :class:`InterpolantField`), which is built here from the model; an adaptive
+sampler (:class:`AbstractAdaptiveSampler`) chooses its own steps and is run instead.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,20 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from genflow.prediction import Prediction
-from genflow.processes._base import AbstractGaussianPath
-from genflow.samplers._base import AbstractSolver, Denoiser, ModelFn, SampleResult
+from genflow.samplers._base import (
+    AbstractAdaptiveSampler,
+    AbstractField,
+    AbstractSolver,
+    ModelFn,
+    SampleResult,
+)
 from genflow.samplers._grids import uniform
 
 
 def sample(
     model_fn: ModelFn,
-    process: AbstractGaussianPath,
-    solver: AbstractSolver,
+    process: Any,
+    solver: AbstractSolver | AbstractAdaptiveSampler,
     *,
     key: PRNGKeyArray,
     prediction: Prediction | str,
@@ -27,7 +37,7 @@ def sample(
     shape: tuple[int, ...] | None = None,
     num_steps: int | None = None,
     ts: ArrayLike | None = None,
-    grid: Callable[..., Array] = uniform,
+    grid: Callable[..., Array] | None = None,
     t_start: float = 1.0,
     t_end: float = 1e-3,
     cond: Any = None,
@@ -38,53 +48,91 @@ def sample(
     """Draw samples by running ``solver`` from ``t_start`` (noise) down to ``t_end``.
 
     Args:
-      model_fn: ``model_fn(x, t, cond) -> array like x``; ``t`` has shape ``(b,)``.
-      process: the Gaussian path the model was trained on.
-      solver: a solver object, e.g. ``Heun()`` or ``EulerMaruyama()``.
+      model_fn: ``model_fn(x, t, cond) -> array``; ``t`` has shape ``(b,)``. It returns an
+        array like ``x`` (for an :class:`InterpolantField` of two fields, the fields
+        concatenated on the last axis).
+      process: the process the model was trained on (a Gaussian path for the
+        :class:`Denoiser` solvers; :class:`~genflow.processes.GeometricBrownianMotion` for the
+        GBM solvers, :class:`~genflow.processes.StochasticInterpolant` for the interpolant
+        solvers).
+      solver: a solver object, e.g. ``Heun()``, ``EulerMaruyama()``, ``GBMExponential()``,
+        ``InterpolantHeun()``, or an adaptive sampler such as ``DPMSolverAdaptive()`` (then
+        ``num_steps``, ``ts``, ``grid`` and ``return_trajectory`` are not given).
       key: randomness for the prior draw and stochastic steps.
-      prediction: what ``model_fn`` predicts (``"eps"``, ``"x0"``, ``"v"``, ``"velocity"``,
-        ``"score"``).
-      x_init: starting points at ``t_start``; drawn from the prior when ``None``.
-      shape: ``(b, *data_shape)`` of the prior draw when ``x_init`` is ``None``.
+      prediction: what ``model_fn`` predicts, in the terms of ``solver.field_class``:
+        ``"eps"``, ``"x0"``, ``"v"``, ``"velocity"``, ``"score"`` (Gaussian paths; GBM takes
+        ``"score"``), or the interpolant fields ``"b"``, ``"b+eta"``, ... .
+      x_init: starting points at ``t_start``; drawn from ``process.prior_sample`` when ``None``.
+      shape: ``(b, *data_shape)`` of the prior draw when ``x_init`` is ``None`` (give one of
+        the two).
       num_steps: number of solver steps on ``grid`` (ignored when ``ts`` is given); for
         singlestep DPM-Solver, the number of model evaluations.
       ts: an explicit decreasing grid ``(num_steps + 1,)`` instead of ``grid``.
-      grid: ``grid(process, t_start, t_end, num_steps)``, e.g. ``uniform`` or ``log_snr_uniform``.
+      grid: ``grid(process, t_start, t_end, num_steps)``, e.g. ``uniform`` (the default),
+        ``quadratic`` or ``log_snr_uniform``.
       t_start, t_end: the ends of the grid.
       cond: conditioning passed to ``model_fn`` unchanged.
       thresholding: a correction of ``x0_hat`` applied before every solver update, e.g.
-        ``DynamicThresholding(ratio=0.995)`` for data in ``[-1, 1]``.
-      denoise_final: return the model's ``x0_hat`` at ``t_end`` instead of ``x_{t_end}``
-        (one more NFE).
+        ``DynamicThresholding(ratio=0.995)`` for data in ``[-1, 1]`` (Denoiser solvers).
+      denoise_final: return the field's final estimate at ``t_end`` (:meth:`Denoiser.final`:
+        ``x0_hat``; GBM: Tweedie's estimate in log space) instead of ``x_{t_end}`` (one more
+        NFE; the trajectory keeps ``x_{t_end}``).
       return_trajectory: also return every intermediate state (memory grows with the steps).
 
     Returns:
       :class:`SampleResult` with ``x``, ``trajectory`` and the exact ``nfe``.
     """
-    _check_solver(solver)
+    _check_solver(solver, adaptive=True)
     if x_init is None and shape is None:
         raise ValueError("give either x_init or shape (the batch shape of the prior draw).")
-    ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid,
+    if x_init is not None and shape is not None:
+        raise ValueError("give exactly one of x_init or shape (the batch shape of the prior "
+                         "draw), not both.")
+    if isinstance(solver, AbstractAdaptiveSampler):
+        return _run_adaptive(
+            model_fn, process, solver, key=key, prediction=prediction, x_init=x_init,
+            shape=shape, num_steps=num_steps, ts=ts, grid=grid, t_start=t_start, t_end=t_end,
+            cond=cond, thresholding=thresholding, denoise_final=denoise_final,
+            return_trajectory=return_trajectory,
+        )
+    field = solver.field_class(model_fn, process, prediction, cond, thresholding)
+    ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid or uniform,
                     t_start=t_start, t_end=t_end, increasing=False)
 
     key_init, key_steps = jax.random.split(key)
     if x_init is None:
         x_init = process.prior_sample(key_init, tuple(shape))
-    denoise = Denoiser(model_fn, process, prediction, cond, thresholding)
-    return _solve(denoise, solver, jnp.asarray(x_init), ts, key_steps,
+    return _solve(field, solver, jnp.asarray(x_init), ts, key_steps,
                   denoise_final=denoise_final, return_trajectory=return_trajectory)
+
+
+def _run_adaptive(model_fn, process, solver, *, num_steps, ts, grid, return_trajectory,
+                  **options) -> SampleResult:
+    """``sample()`` with an adaptive sampler: no grid, no trajectory."""
+    name = type(solver).__name__
+    given = [n for n, v in (("num_steps", num_steps), ("ts", ts), ("grid", grid))
+             if v is not None]
+    if given:
+        raise ValueError(
+            f"{name} chooses its own steps: do not pass {', '.join(given)} (its step control "
+            "is set by its options, e.g. rtol and atol); or use a fixed-step solver."
+        )
+    if return_trajectory:
+        raise ValueError(f"{name} returns no trajectory (its steps are data-dependent); "
+                         "return_trajectory=True needs a fixed-step solver.")
+    return solver.run(model_fn, process, **options)
 
 
 def invert(
     model_fn: ModelFn,
-    process: AbstractGaussianPath,
+    process: Any,
     solver: AbstractSolver,
     *,
     x: Array,
     prediction: Prediction | str,
     num_steps: int | None = None,
     ts: ArrayLike | None = None,
-    grid: Callable[..., Array] = uniform,
+    grid: Callable[..., Array] | None = None,
     t_start: float = 1e-3,
     t_end: float = 1.0,
     cond: Any = None,
@@ -100,7 +148,8 @@ def invert(
 
     Args:
       model_fn, process, prediction, cond, thresholding: as in :func:`sample`.
-      solver: a deterministic solver (``solver.stochastic`` is ``False``).
+      solver: a deterministic fixed-step solver (``solver.stochastic`` is ``False``), e.g.
+        ``Heun()`` or, for a stochastic interpolant, ``InterpolantHeun()``.
       x: the data points at ``t_start``, ``(b, *data_shape)``.
       num_steps, ts, grid: the grid, as in :func:`sample`, but increasing.
       t_start, t_end: the ends of the grid, ``t_start < t_end``.
@@ -115,17 +164,21 @@ def invert(
             f"invert needs a deterministic solver; {type(solver).__name__} is stochastic. "
             "Use e.g. DPMSolverMultistep(), Heun() or DDIM(eta=0.0)."
         )
-    ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid,
+    field = solver.field_class(model_fn, process, prediction, cond, thresholding)
+    ts = _make_grid(process, solver, num_steps=num_steps, ts=ts, grid=grid or uniform,
                     t_start=t_start, t_end=t_end, increasing=True)
-    denoise = Denoiser(model_fn, process, prediction, cond, thresholding)
-    return _solve(denoise, solver, jnp.asarray(x), ts, jax.random.key(0),
+    return _solve(field, solver, jnp.asarray(x), ts, jax.random.key(0),
                   denoise_final=False, return_trajectory=return_trajectory)
 
 
-def _solve(denoise: Denoiser, solver: AbstractSolver, x_init: Array, ts: Array,
+def _solve(denoise: AbstractField, solver: AbstractSolver, x_init: Array, ts: Array,
            key: PRNGKeyArray, *, denoise_final: bool, return_trajectory: bool) -> SampleResult:
     """Scan ``solver.step`` over the intervals of ``ts`` and count the model evaluations."""
-    _check_model_output(denoise, x_init, ts[0])
+    denoise.check_output(x_init, ts[0])
+    solver.check(denoise, ts)
+    if denoise_final and not denoise.final_available:
+        denoise.final(x_init, ts[-1])  # raises the field's own ValueError
+        raise ValueError(f"denoise_final is not available with {type(denoise).__name__}.")
     n = ts.shape[0] - 1
 
     denoise.reset_calls()
@@ -146,15 +199,20 @@ def _solve(denoise: Denoiser, solver: AbstractSolver, x_init: Array, ts: Array,
 
     if denoise_final:
         denoise.reset_calls()
-        x = denoise(x, ts[-1])[0].astype(x.dtype)
+        x = denoise.final(x, ts[-1]).astype(x.dtype)
         nfe += denoise.calls
     if return_trajectory:
         traj = jnp.concatenate([x_init[None], traj], axis=0)
     return SampleResult(x=x, trajectory=traj, nfe=nfe)
 
 
-def _check_solver(solver: Any) -> None:
-    if not isinstance(solver, AbstractSolver):
+def _check_solver(solver: Any, adaptive: bool = False) -> None:
+    kinds = (AbstractSolver, AbstractAdaptiveSampler) if adaptive else AbstractSolver
+    if not isinstance(solver, kinds):
+        if isinstance(solver, AbstractAdaptiveSampler):
+            raise TypeError(f"{type(solver).__name__} chooses its own steps and runs only in "
+                            "sample(); invert(), inpaint() and edit() need a fixed-step solver "
+                            "such as Heun().")
         raise TypeError(
             f"solver must be a genflow solver object such as Heun(), got {type(solver).__name__}."
         )
@@ -227,12 +285,7 @@ def _check_made_grid(ts: Any, increasing: bool) -> None:
         )
 
 
-def _check_model_output(denoise: Denoiser, x: Array, t: Array) -> None:
-    """Abstractly evaluate the model once so that a wrong output shape fails before tracing."""
-    t_b = jax.ShapeDtypeStruct((x.shape[0],), t.dtype)
-    out = jax.eval_shape(lambda x_, t_: denoise.model_fn(x_, t_, denoise.cond), x, t_b)
-    if not hasattr(out, "shape") or tuple(out.shape) != tuple(x.shape):
-        got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(
-            f"model_fn must return an array shaped like x {tuple(x.shape)}, got {got}."
-        )
+def _check_model_output(field: AbstractField, x: Array, t: Array) -> None:
+    """Abstractly evaluate the model once so that a wrong output shape fails before tracing
+    (:meth:`AbstractField.check_output`)."""
+    field.check_output(x, t)

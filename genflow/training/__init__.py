@@ -1,27 +1,29 @@
-"""Training: state, the jitted loop, EMA and checkpoints (flax, optax, orbax)."""
+"""Training: batches, state, the jitted loop, EMA and checkpoints (flax, optax, orbax).
 
+The loss and what the network predicts belong to the config's method
+(:mod:`genflow.methods`); this package runs it. Using a trained run (restore, sample,
+evaluate) is :mod:`genflow.run`.
+"""
+
+from genflow.training._data import (
+    data_shape_of as data_shape_of,
+    drop_labels as drop_labels,
+    image_batches as image_batches,
+    make_batches as make_batches,
+    reference_data as reference_data,
+    source_data as source_data,
+)
 from genflow.training._loop import (
     CHECKPOINT_DIR as CHECKPOINT_DIR,
     CONFIG_FILE as CONFIG_FILE,
     METRICS_FILE as METRICS_FILE,
+    SAMPLES_DIR as SAMPLES_DIR,
     TrainingInterrupted as TrainingInterrupted,
     check_workdir_compatible as check_workdir_compatible,
     make_train_chunk as make_train_chunk,
     restore_run as restore_run,
     restore_train_state as restore_train_state,
     train as train,
-)
-from genflow.training._families import (
-    data_shape_of as data_shape_of,
-    make_batches as make_batches,
-    make_loss as make_loss,
-    make_sampling as make_sampling,
-    num_fields as num_fields,
-    reference_data as reference_data,
-)
-from genflow.training._snapshots import (
-    SAMPLES_DIR as SAMPLES_DIR,
-    SampleSnapshots as SampleSnapshots,
 )
 from genflow.training._state import (
     Setup as Setup,
@@ -39,26 +41,25 @@ __all__ = [
     "CONFIG_FILE",
     "METRICS_FILE",
     "SAMPLES_DIR",
-    "SampleSnapshots",
-    "check_workdir_compatible",
     "Checkpointer",
     "Setup",
     "TrainState",
     "TrainingInterrupted",
     "build_model",
+    "check_workdir_compatible",
     "data_shape_of",
+    "drop_labels",
     "has_checkpoint",
+    "image_batches",
     "init_train_state",
     "learning_rate_schedule",
     "make_batches",
-    "make_loss",
     "make_optimizer",
-    "make_sampling",
     "make_train_chunk",
     "model_fn_from",
-    "num_fields",
     "reference_data",
     "restore_run",
     "restore_train_state",
+    "source_data",
     "train",
 ]

@@ -27,20 +27,14 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from genflow.config import Config, ConfigError, config_to_dict, load_config_json, save_config
-from genflow.training._families import data_shape_of, drop_labels, make_batches, make_loss
-from genflow.training._snapshots import SAMPLES_DIR, SampleSnapshots
-from genflow.training._state import (
-    Setup,
-    TrainState,
-    init_train_state,
-    learning_rate_schedule,
-    uses_dropout,
-)
+from genflow.training._data import data_shape_of, drop_labels, make_batches
+from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
 from genflow.training.checkpoint import Checkpointer
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
 # fold_in indices of a step's key for its dropout masks and its label dropout.
 _DROPOUT_STREAM = 1
 _LABEL_DROPOUT_STREAM = 2
@@ -101,8 +95,8 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
     """
     tc = config.train
     base_key = jax.random.key(tc.seed)
-    loss = make_loss(config)
-    dropout = uses_dropout(config.model)
+    loss = config.resolved.method.loss
+    dropout = config.model.uses_dropout
     label_dropout = tc.label_dropout if config.model.num_classes > 0 else 0.0
 
     def loss_fn(params, batch, key):
@@ -141,6 +135,10 @@ def _with_dropout(net: nnx.Module, key: jax.Array) -> Callable:
     return model_fn
 
 
+# Method options that change what the network's output means: a resumed run must keep them.
+_NETWORK_MEANING = ("name", "prediction", "fields", "precondition", "sigma_data")
+
+
 def check_workdir_compatible(config: Config, workdir: Path) -> None:
     """Refuse to resume a run whose saved config would build a different model."""
     workdir = Path(workdir)
@@ -149,7 +147,9 @@ def check_workdir_compatible(config: Config, workdir: Path) -> None:
         return
     saved = config_to_dict(load_config_json(saved_path))
     new = config_to_dict(config)
-    for section in ("process", "data", "model"):
+    saved["method"] = {k: v for k, v in saved["method"].items() if k in _NETWORK_MEANING}
+    new["method"] = {k: v for k, v in new["method"].items() if k in _NETWORK_MEANING}
+    for section in ("process", "method", "data", "model"):
         if saved[section] != new[section]:
             diff = [
                 f"{section}.{k}: {saved[section].get(k)!r} -> {new[section].get(k)!r}"
@@ -160,7 +160,7 @@ def check_workdir_compatible(config: Config, workdir: Path) -> None:
                 f"{workdir} holds a run with a different {section} config ({'; '.join(diff)}); "
                 "use another --workdir, or --fresh to discard that run."
             )
-    for key in ("prediction", "seed", "steps_per_dispatch"):
+    for key in ("seed", "steps_per_dispatch"):
         if saved["train"][key] != new["train"][key]:
             raise ConfigError(
                 f"{workdir} holds a run with train.{key}={saved['train'][key]!r}, not "
@@ -175,6 +175,7 @@ def train(
     fresh: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int, dict], None] | None = None,
+    snapshot: Callable[[Setup], Callable[[int, Any], Path]] | None = None,
 ) -> tuple[Setup, TrainState]:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
@@ -185,6 +186,9 @@ def train(
       fresh: delete an existing run in ``workdir`` first instead of resuming it.
       progress: show a progress bar.
       on_chunk: called as ``on_chunk(step, metrics)`` after every dispatch.
+      snapshot: with ``train.sample_every > 0``: ``snapshot(setup)`` returns the function
+        ``write(step, ema_params) -> path`` called every ``sample_every`` steps
+        (:func:`genflow.run.train` passes the run's sample grids).
 
     Returns:
       ``(setup, state)`` after ``config.train.num_steps`` steps.
@@ -212,7 +216,7 @@ def train(
     step = int(state.step)
 
     chunk = make_train_chunk(config, setup)
-    snapshots = SampleSnapshots(config, setup, workdir) if tc.sample_every else None
+    snapshots = snapshot(setup) if tc.sample_every and snapshot is not None else None
     schedule = learning_rate_schedule(tc)
     bar = tqdm(
         total=tc.num_steps, initial=step, disable=not progress, unit="step",
@@ -274,8 +278,10 @@ def _latest_step(ckpt: Checkpointer, workdir: Path) -> int:
     return step
 
 
-def restore_run(workdir: str | Path, *, weights: str = "ema") -> tuple[Config, Setup, int, Any]:
-    """Load ``workdir``'s config and the weights of its latest checkpoint, for sampling.
+def restore_run(workdir: str | Path, *, weights: str = "ema",
+                config: Config | None = None) -> tuple[Config, Setup, int, Any]:
+    """Load ``workdir``'s config (or take ``config``) and the weights of its latest checkpoint,
+    for sampling (:func:`genflow.run.open_run` wraps this in a :class:`~genflow.run.Run`).
 
     Only the step and the requested weights are read, not the optimizer state.
 
@@ -286,7 +292,7 @@ def restore_run(workdir: str | Path, *, weights: str = "ema") -> tuple[Config, S
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
     workdir = Path(workdir)
-    config = load_config_json(workdir / CONFIG_FILE)
+    config = config or load_config_json(workdir / CONFIG_FILE)
     setup, state = init_train_state(config, data_shape_of(config))
     key = "ema" if weights == "ema" else "params"
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)

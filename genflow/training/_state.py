@@ -11,10 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from genflow.config import Config, ConfigError, ModelConfig, TrainConfig
-from genflow.networks import MLP, DiT, FrozenParam, ModelFn, UNet
-from genflow.processes import edm_precondition
-from genflow.training._families import num_fields
+from genflow.config import Config, NetworkConfig, TrainConfig
+from genflow.networks import FrozenParam, ModelFn
 
 
 class TrainState(NamedTuple):
@@ -34,14 +32,15 @@ class TrainState(NamedTuple):
 
 
 def build_model(
-    config: ModelConfig, data_shape: tuple[int, ...], *, seed: int, num_fields: int = 1
+    config: NetworkConfig, data_shape: tuple[int, ...], *, seed: int, num_fields: int = 1
 ) -> nnx.Module:
-    """Construct the network named by ``config`` for data of ``data_shape``, with
-    ``num_fields`` outputs shaped like the data (concatenated on the last axis).
+    """Construct the network of ``config`` (an :class:`~genflow.config.MLPConfig`,
+    :class:`~genflow.config.UNetConfig` or :class:`~genflow.config.DiTConfig`) for data of
+    ``data_shape``, with ``num_fields`` outputs shaped like the data (concatenated on the last
+    axis).
 
-    ``"mlp"`` needs flat data ``(d,)``; ``"unet"`` and ``"dit"`` need images ``(H, W, C)`` and
-    one field. A setting the network rejects for this data shape (e.g. a patch size that does
-    not divide the image) is a :class:`~genflow.config.ConfigError`.
+    A setting the network rejects for this data shape (e.g. a patch size that does not divide
+    the image) is a :class:`~genflow.config.ConfigError`.
 
     The parameters are drawn by one XLA program compiled at optimisation level 0 (it runs
     once), instead of one compilation per parameter shape: an 8x8 U-Net starts in about 6 s
@@ -52,64 +51,13 @@ def build_model(
 
 
 @functools.lru_cache(maxsize=32)
-def _initializer(config: ModelConfig, data_shape: tuple[int, ...], num_fields: int):
+def _initializer(config: NetworkConfig, data_shape: tuple[int, ...], num_fields: int):
     """``(graphdef, init)`` with ``init(key) -> state`` compiled once per network."""
-    make = functools.partial(_construct, config, data_shape, num_fields=num_fields)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))  # no compute
-    init = jax.jit(lambda key: nnx.split(make(key))[1],
+    make = functools.partial(config.build, data_shape, num_fields=num_fields)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(seed=jax.random.key(0))))  # no compute
+    init = jax.jit(lambda key: nnx.split(make(seed=key))[1],
                    compiler_options={"xla_backend_optimization_level": 0})
     return graphdef, init
-
-
-def _construct(
-    config: ModelConfig, data_shape: tuple[int, ...], seed: Any, *, num_fields: int
-) -> nnx.Module:
-    if config.name in ("unet", "dit"):
-        if len(data_shape) != 3:
-            raise ConfigError(
-                f"model.name={config.name!r} needs images (H, W, C), got data shape {data_shape}."
-            )
-        if num_fields != 1:
-            raise ConfigError(
-                f"model.name={config.name!r} predicts one field; {num_fields} were asked for."
-            )
-        common = dict(
-            embedding=config.embedding, embed_dim=config.embed_dim,
-            num_classes=config.num_classes, rngs=nnx.Rngs(seed),
-        )
-        try:
-            if config.name == "unet":
-                return UNet(
-                    data_shape, channels=config.channels,
-                    channel_mult=config.channel_mult_tuple,
-                    num_res_blocks=config.num_res_blocks,
-                    attention_resolutions=config.attention_resolutions_tuple,
-                    dropout=config.dropout, **common,
-                )
-            return DiT(
-                data_shape, patch_size=config.patch_size, width=config.hidden,
-                depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
-                **common,
-            )
-        except ConfigError:
-            raise
-        except ValueError as exc:
-            raise ConfigError(f"model ({config.name}, data shape {data_shape}): {exc}") from exc
-    if config.name == "mlp":
-        if len(data_shape) != 1:
-            raise ValueError(f"the MLP needs flat data (d,), got data shape {data_shape}.")
-        return MLP(
-            data_shape[0],
-            hidden=config.hidden,
-            depth=config.depth,
-            embedding=config.embedding,
-            embed_dim=config.embed_dim,
-            num_classes=config.num_classes,
-            num_fields=num_fields,
-            output=config.output,
-            rngs=nnx.Rngs(seed),
-        )
-    raise ValueError(f"unknown model {config.name!r}.")
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
@@ -156,20 +104,15 @@ class Setup(NamedTuple):
     graphdef: Any
     rest: Any  # non-trainable module state (kept constant)
     optimizer: optax.GradientTransformation
-    # network -> model_fn: the identity, or EDM's preconditioning around the network
+    # network -> model_fn: the method's wrapper (the identity, or EDM's preconditioning)
     wrap: Callable[[Any], Any] = lambda net: net
-
-
-def uses_dropout(config: ModelConfig) -> bool:
-    """Whether the network has dropout that a training step must feed a key."""
-    return config.name == "unet" and config.dropout > 0.0
 
 
 def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup, TrainState]:
     """Build the network and optimizer and the step-0 state."""
-    model = build_model(
-        config.model, data_shape, seed=config.train.seed, num_fields=num_fields(config)
-    )
+    method = config.resolved.method
+    model = build_model(config.model, data_shape, seed=config.train.seed,
+                        num_fields=method.num_fields)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(config.train)
     state = TrainState(
@@ -178,19 +121,10 @@ def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup
         opt_state=optimizer.init(params),
         ema=jax.tree.map(jnp.copy, params),
     )
-    return Setup(graphdef, rest, optimizer, make_wrap(config)), state
-
-
-def make_wrap(config: Config) -> Callable[[Any], Any]:
-    """How the network becomes the ``model_fn`` of the loss and the samplers."""
-    if config.model.precondition == "edm":
-        return functools.partial(
-            edm_precondition, process=config.process, sigma_data=config.model.sigma_data
-        )
-    return lambda net: net
+    return Setup(graphdef, rest, optimizer, method.wrap), state
 
 
 def model_fn_from(setup: Setup, params: Any) -> ModelFn:
-    """The pure ``model_fn`` of the network with ``params`` (raw or EMA), preconditioned as
-    the config says; a pytree that can be passed into ``jax.jit``."""
+    """The pure ``model_fn`` of the network with ``params`` (raw or EMA), wrapped as the
+    method says (e.g. EDM's preconditioning); a pytree that can be passed into ``jax.jit``."""
     return setup.wrap(ModelFn(setup.graphdef, (params, setup.rest)))

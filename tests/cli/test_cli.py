@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,22 @@ def test_sample_writes_outputs(trained_run, tmp_path):
     assert int(data["nfe"]) == 7 and str(data["sampler"]) == "euler" and int(data["step"]) == 200
     assert out.with_suffix(".png").stat().st_size > 0
     assert "sliced W2" in proc.stdout and "floor" in proc.stdout
+    # Beside sliced W2, figures that see blur (the checkerboard's density is known exactly).
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("in support"))
+    support, floor = (float(v) for v in re.findall(r"in support ([\d.]+) \(floor ([\d.]+)\)", line)[0])
+    assert floor == 1.0 and 0.0 <= support <= 1.0 and "coverage" in line and "KDE NLL" in line
+    np.testing.assert_array_equal(data["samples_raw"], data["samples"])  # points: not clipped
+
+
+def test_sample_out_keeps_the_users_name(capsys, trained_run, tmp_path):
+    """--out runs/x/g1.25 writes g1.25.npz and g1.25.png (the suffix is added, never replaced);
+    a given .npz suffix is not doubled."""
+    for name, stem in (("g1.25", "g1.25"), ("w0.5.npz", "w0.5"), ("plain", "plain")):
+        proc = run_main(capsys, "sample", "--workdir", str(trained_run), "--steps", "2",
+                        "--num", "16", "--out", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / f"{stem}.npz").is_file() and (tmp_path / f"{stem}.png").is_file()
+    assert not (tmp_path / "g1.npz").exists() and not (tmp_path / "w0.npz").exists()
 
 
 def test_sample_with_options_and_adaptive_samplers(capsys, trained_run, tmp_path):
@@ -163,7 +180,7 @@ def test_sample_with_options_and_adaptive_samplers(capsys, trained_run, tmp_path
                     "--threshold", "0.995")
     assert proc.returncode == 0, proc.stderr
     data = np.load(out.with_suffix(".npz"))
-    assert int(data["nfe"]) == 8 and str(data["solver_options"]) == "variant=taylor"
+    assert int(data["nfe"]) == 8 and json.loads(str(data["solver_options"])) == {"variant": "taylor"}
     assert np.all(np.isfinite(data["samples"]))
     proc = run_main(capsys, "sample", "--workdir", str(trained_run), "--sampler",
                     "dpm_solver_adaptive", "--option", "order=2", "--option", "rtol=0.05",
@@ -315,7 +332,7 @@ def test_evaluate_appends_metrics_to_the_run(capsys, trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     before = (run / "metrics.jsonl").read_text().splitlines()
     proc = run_main(capsys, "evaluate", "--workdir", str(run), "--metrics",
-                    "nll,sw2,mmd,energy,gap", "--num", "300", "--seed", "1")
+                    "nll,sw2,mmd,energy,sharpness,gap", "--num", "300", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert lines[:-1] == before
@@ -325,7 +342,9 @@ def test_evaluate_appends_metrics_to_the_run(capsys, trained_run, tmp_path):
     assert nll["unit"] == "nats/dim" and nll["num_examples"] == 300
     assert 0 < nll["std_error"] < 0.2
     assert nll["value"] > math.log(8) / 2 - 3 * nll["std_error"]
-    for name in ("sw2", "mmd", "energy"):
+    assert record["evaluate"]["support_fraction"]["floor"] == 1.0  # real points: all inside
+    assert 0 <= record["evaluate"]["support_fraction"]["value"] <= 1
+    for name in ("sw2", "mmd", "energy", "coverage", "kde_nll"):
         assert np.isfinite(record["evaluate"][name]["value"])
         assert np.isfinite(record["evaluate"][name]["floor"])
     assert record["evaluate"]["sw2"]["value"] > 0
@@ -341,4 +360,4 @@ def test_evaluate_appends_metrics_to_the_run(capsys, trained_run, tmp_path):
     assert_usage_error(evaluate("--metrics", "fd"), "fd", "points")
     assert_usage_error(evaluate("--probes", "0"), "--probes")
     assert_usage_error(run_main(capsys, "evaluate", "--workdir", str(tmp_path / "none")),
-                       "no trained run")
+                       "not a genflow run")

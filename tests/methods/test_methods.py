@@ -1,5 +1,6 @@
-"""Training and sampling the processes that are not plain Gaussian-path denoisers: stochastic
-interpolants between two data sets, geometric Brownian motion, and a fitted kinetic-optimal path.
+"""The methods beyond plain Gaussian-path denoising: stochastic interpolants between two data
+sets (:class:`~genflow.methods.Interpolant`), geometric Brownian motion
+(:class:`~genflow.methods.GBM`), and denoising on a fitted kinetic-optimal path.
 
 Truth: the drift assembled from (v, eta) or (v, s) is checked against the exact conditional
 expectations of a 1-D Gaussian interpolant; the GBM noise parametrisation against the residual
@@ -14,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from genflow import methods
 from genflow.config import (
     Config,
     ConfigError,
     DataConfig,
-    ModelConfig,
+    MLPConfig,
     SampleConfig,
     TrainConfig,
     apply_overrides,
@@ -31,36 +33,36 @@ from genflow.processes import (
     VPLinear,
     to_positive,
 )
-from genflow.training import (
-    make_batches,
-    make_loss,
-    make_sampling,
-    model_fn_from,
-    num_fields,
-    restore_run,
-    train,
-)
-from genflow.training._families import gbm_score_fn, interpolant_fields
+from genflow.run import open_run
+from genflow.run import train as train_run
+from genflow.samplers import InterpolantField
+from genflow.training import make_batches
 
 TINY = dict(
-    model=ModelConfig(hidden=16, depth=1, embed_dim=8),
+    model=MLPConfig(hidden=16, depth=1, embed_dim=8),
     train=TrainConfig(num_steps=20, lr=1e-2, warmup_steps=2, steps_per_dispatch=10,
-                      log_every=10, checkpoint_every=20, t_min=1e-3),
+                      log_every=10, checkpoint_every=20),
 )
 SI = Config(
     process=StochasticInterpolant("linear", gamma="sqrt"),
+    method=methods.Interpolant(fields="b+eta", t_min=1e-3),
     data=DataConfig(name="checkerboard", batch_size=64, source="8gaussians", scale=0.5),
     model=TINY["model"],
-    train=dataclasses.replace(TINY["train"], prediction="b+eta"),
+    train=TINY["train"],
     sample=SampleConfig(sampler="interpolant_heun", num_steps=8, num_samples=128, t_end=0.0),
 )
 GBM = Config(
     process=GeometricBrownianMotion(mu=1.125, sigma=1.5, data_log_mean=0.38, data_log_std=0.2),
+    method=methods.GBM(t_min=1e-3),
     data=DataConfig(name="checkerboard", batch_size=64, scale=0.5),
     model=TINY["model"],
     train=TINY["train"],
     sample=SampleConfig(sampler="gbm_exponential", num_steps=8, num_samples=128),
 )
+
+
+def make_loss(config):
+    return config.resolved.method.loss
 
 
 # --------------------------------------------------------------------------- batches
@@ -80,7 +82,7 @@ def test_interpolant_batches_come_from_two_independent_streams():
 def test_gbm_batches_are_mapped_into_one_to_two_and_unscaled_data_are_refused():
     x = make_batches(GBM)(0, 2)["x"]
     assert x.shape == (2, 64, 2) and x.min() >= 1.0 and x.max() <= 2.0
-    with pytest.raises(ConfigError, match=r"data.scale=0\.49"):
+    with pytest.raises(ConfigError, match=r"data.scale=1.0: .*reach 2.*shrink data.scale"):
         make_batches(dataclasses.replace(GBM, data=DataConfig(name="checkerboard")))
 
 
@@ -94,7 +96,7 @@ def test_gbm_noise_parametrisation_regresses_the_noise_of_log_x():
     key = jax.random.key(4)
     loss = make_loss(GBM)(net, {"x": x0}, key)
     key_t, key_z = jax.random.split(key)
-    t = jax.random.uniform(key_t, (256,), jnp.float64, GBM.train.t_min, 1.0)
+    t = jax.random.uniform(key_t, (256,), jnp.float64, GBM.method.t_min, 1.0)
     x_t, z = process.sample_xt(key_z, x0, t)
     tt = t[:, None]
     y = (jnp.log(x_t) - 0.38 - (process.mu - process.sigma**2 / 2) * tt) / jnp.sqrt(
@@ -102,7 +104,7 @@ def test_gbm_noise_parametrisation_regresses_the_noise_of_log_x():
     expected = jnp.mean((z - net(y, t)) ** 2)
     np.testing.assert_allclose(loss, expected, rtol=1e-10)
     # and the score it implies is the Hyvarinen score -1 - eps / (sigma sqrt t), over x
-    score = gbm_score_fn(net, GBM)(x_t, t)
+    score = GBM.resolved.method.score_fn(net)(x_t, t)
     hyv = -1.0 - net(y, t) / (process.sigma * jnp.sqrt(tt))
     np.testing.assert_allclose(score * x_t, hyv, rtol=1e-10)
 
@@ -134,17 +136,18 @@ def gaussian_interpolant_fields(process, m0, v0, m1, v1):
 def test_drift_from_velocity_and_denoiser_is_exact(second):
     process = StochasticInterpolant("linear", gamma="sqrt")
     exact = gaussian_interpolant_fields(process, 0.7, 0.3, -1.0, 2.0)
-    config = dataclasses.replace(SI, train=dataclasses.replace(SI.train, prediction=f"v+{second}"))
-    assert num_fields(config) == 2
+    config = dataclasses.replace(SI, method=methods.Interpolant(fields=f"v+{second}"))
+    method = config.resolved.method
+    assert method.num_fields == 2
     net = lambda x, t, cond=None: jnp.concatenate(  # noqa: E731
         [exact["v"](x, t), exact[second](x, t)], axis=-1)
-    b_fn, s_fn, kind = interpolant_fields(net, config)
+    fn, prediction = method.sampling_model(net)
+    field = InterpolantField(fn, process, prediction)
     x = jnp.linspace(-3.0, 3.0, 7)[:, None]
     for t in (0.1, 0.5, 0.93):
         tb = jnp.full((7,), t)
-        np.testing.assert_allclose(b_fn(x, tb), exact["b"](x, tb), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(s_fn(x, tb), exact[second](x, tb), rtol=1e-12)
-    assert kind == second
+        np.testing.assert_allclose(field.drift(x, tb), exact["b"](x, tb), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(field.score(x, tb), exact["s"](x, tb), rtol=1e-12)
 
 
 def test_two_field_loss_is_the_sum_of_the_field_losses():
@@ -166,39 +169,37 @@ def test_two_field_loss_is_the_sum_of_the_field_losses():
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Each family trained for 20 steps (tiny network), restored as for `genflow sample`."""
+    """Each method trained for 20 steps (tiny network), opened as for `genflow sample`."""
     ko_data = sample_toy("checkerboard", 64, seed=[9, 9])
     ko = Config(process=KineticOptimalPath.from_data(ko_data, num_points=32),
-                data=DataConfig(batch_size=64), model=TINY["model"],
-                train=dataclasses.replace(TINY["train"], prediction="velocity"),
+                method=methods.Denoising(prediction="velocity", t_min=1e-3),
+                data=DataConfig(batch_size=64), model=TINY["model"], train=TINY["train"],
                 sample=SampleConfig(num_steps=8, num_samples=128))
     runs = {}
     for name, config in (("si", SI), ("gbm", GBM), ("ko", ko)):
         workdir = tmp_path_factory.mktemp(name)
-        train(config, workdir, progress=False)
+        train_run(config, workdir, progress=False)
         runs[name] = (config, workdir)
     return runs
 
 
 def draw(config, workdir, **sample):
-    config = dataclasses.replace(config, sample=dataclasses.replace(config.sample, **sample))
-    _, setup, step, params = restore_run(workdir)
-    initial, run, _ = make_sampling(config)
-    x, nfe = jax.jit(run)(model_fn_from(setup, params), jax.random.key(0),
-                          initial(config.sample.num_samples, 0))
-    return np.asarray(x), int(nfe), step
+    run = open_run(workdir)
+    samples = run.sample(seed=0, **sample)
+    return samples.x, samples.nfe, run.step
 
 
 @pytest.mark.parametrize("name, sample, nfe", [
     ("si", {}, 16),
-    ("si", {"sampler": "interpolant_sde", "solver_options": "epsilon=0.5"}, 16),
+    # one network evaluation gives the drift and the denoiser (it took two before)
+    ("si", {"sampler": "interpolant_sde", "solver_options": {"epsilon": 0.5}}, 8),
     ("si", {"sampler": "interpolant_euler"}, 8),
     ("gbm", {}, 8),
     # the ambient Euler-Maruyama step can leave x > 0 when steps are large: 100 steps
     ("gbm", {"sampler": "gbm_euler_maruyama", "num_steps": 100}, 100),
     ("ko", {}, 16),
 ])
-def test_every_family_trains_and_samples(trained, name, sample, nfe):
+def test_every_method_trains_and_samples(trained, name, sample, nfe):
     config, workdir = trained[name]
     x, got_nfe, step = draw(config, workdir, **sample)
     assert step == 20 and got_nfe == nfe
@@ -224,14 +225,14 @@ def test_gbm_exponential_samples_stay_in_the_positive_image(trained):
 
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("overrides, needle", [
-    (["train.prediction=eps"], "train.prediction='eps' does not fit process stochastic_interpolant"),
-    (["sample.sampler=heun"], "cannot sample process stochastic_interpolant"),
+    (["train.prediction=eps"], "train.prediction='eps' is not a set of interpolant fields"),
+    (["sample.sampler=heun"], "cannot sample method interpolant"),
     (["train.prediction=b", "sample.sampler=interpolant_sde"], "needs a score or denoiser"),
     (["train.prediction=v"], "does not give the drift"),
-    (["train.t_min=0"], "train.t_min > 0"),
+    (["train.t_min=0"], "t_min > 0"),
     (["process.gamma=zero", "process.interpolant=one_sided_linear"], "one-sided"),
     (["process.gamma=zero"], "gamma='zero' leaves no noise"),
-    (["train.weighting=likelihood"], "train.weighting='likelihood' does not fit"),
+    (["train.weighting=likelihood"], "unknown config key 'train.weighting'; options of method"),
 ])
 def test_interpolant_config_errors(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("+", r"\+")):
@@ -239,9 +240,9 @@ def test_interpolant_config_errors(overrides, needle):
 
 
 def test_other_config_errors():
-    with pytest.raises(ConfigError, match="data.source='moons' is the t = 1 data set"):
+    with pytest.raises(ConfigError, match="data.source is the t = 1 data set"):
         Config(process=VPLinear(), data=DataConfig(source="moons"))
-    with pytest.raises(ConfigError, match="train.prediction='velocity' does not fit process gbm"):
+    with pytest.raises(ConfigError, match="train.prediction='velocity' does not fit the gbm"):
         apply_overrides(GBM, ["train.prediction=velocity"])
     with pytest.raises(ConfigError, match="callable gamma cannot be saved"):
         from genflow.config import config_to_dict

@@ -9,8 +9,9 @@ the mixture ``sum_i w_i N(m_i(t), v(t))`` with ``m_i(t) = m_i + (mu - sigma^2/2)
     p_t(x) = (1/x) sum_i w_i N(log x; m_i(t), v(t)),
     x grad log p_t(x) = -1 - sum_i r_i(x) (log x - m_i(t)) / v(t).
 
-With this exact score both reverse samplers, started from the exact law at ``t = 1``, must
-return the mixture at ``t_end`` (weights, log-means and log-variances within sampling error).
+The closed forms are in ``tests/gbm_closed_forms.py``; the reverse samplers
+(``samplers.GBMExponential``, ``samplers.GBMEulerMaruyama``) are tested in
+``tests/samplers/test_gbm_solvers.py``.
 """
 
 import functools
@@ -21,81 +22,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gbm_closed_forms import (
+    DRIFT,
+    DTYPES,
+    MU,
+    PROC,
+    SIGMA,
+    V0,
+    W,
+    M,
+    assert_within,
+    exact_score,
+    lognormal_data_score,
+    lognormal_log_density,
+    mixture_log_density,
+    mixture_params,
+    mixture_score,
+    sample_mixture,
+)
 from genflow.processes import (
     GeometricBrownianMotion,
     from_positive,
     gbm_score_loss,
-    sample_gbm,
     to_positive,
 )
-
-MU, SIGMA = 0.1, 0.8
-DRIFT = MU - SIGMA**2 / 2  # drift of log X
-PROC = GeometricBrownianMotion(mu=MU, sigma=SIGMA)
-W = np.array([0.3, 0.7])  # mixture weights
-M = np.array([-1.0, 1.0])  # log-means of the components at t = 0
-V0 = 0.1  # log-variance of each component at t = 0
-DTYPES = [jnp.float32, jnp.float64]
-
-
-# --------------------------------------------------------------------------- closed forms
-def mixture_params(t, v0=V0):
-    return M + DRIFT * t, v0 + SIGMA**2 * t
-
-
-def mixture_log_density(x, t, v0=V0):
-    """log p_t(x) of the log-normal mixture, elementwise in x (x-space, Jacobian 1/x)."""
-    m, v = mixture_params(t, v0)
-    y = jnp.log(x)[..., None]
-    comp = jnp.log(W) - 0.5 * jnp.log(2 * math.pi * v) - (y - m) ** 2 / (2 * v)
-    return jax.nn.logsumexp(comp, axis=-1) - jnp.log(x)
-
-
-def mixture_score(x, t, v0=V0):
-    """grad_x log p_t(x) from the closed form in the module docstring; t broadcasts to x.
-
-    Two components: r_1 = sigmoid(log(w_1/w_0) - ((y - m_1)^2 - (y - m_0)^2) / (2 v)), y = log x
-    (written without a trailing component axis, which XLA on CPU reduces slowly).
-    """
-    t = jnp.reshape(t, jnp.shape(t) + (1,) * (x.ndim - jnp.ndim(t)))
-    m0, m1, v = M[0] + DRIFT * t, M[1] + DRIFT * t, v0 + SIGMA**2 * t
-    y = jnp.log(x)
-    d0, d1 = y - m0, y - m1
-    r1 = jax.nn.sigmoid(math.log(W[1] / W[0]) - (d1**2 - d0**2) / (2 * v))
-    return ((-1.0 - ((1 - r1) * d0 + r1 * d1) / v) / x).astype(x.dtype)
-
-
-def exact_score(x, t, cond=None):
-    """The mixture score as a model function ``(x, t, cond) -> score``."""
-    return mixture_score(x, t)
-
-
-def sample_mixture(key, n, t, dtype, v0=V0):
-    """Exact draws of X_t, shape (n, 1)."""
-    m, v = mixture_params(t, v0)
-    k1, k2 = jax.random.split(key)
-    lab = jax.random.bernoulli(k1, W[1], (n, 1)).astype(jnp.int32)
-    y = jnp.asarray(m)[lab] + math.sqrt(v) * jax.random.normal(k2, (n, 1), jnp.float64)
-    return jnp.exp(y).astype(dtype)
-
-
-def lognormal_log_density(x, x0, t):
-    m, v = jnp.log(x0) + DRIFT * t, SIGMA**2 * t
-    return -jnp.log(x) - 0.5 * jnp.log(2 * math.pi * v) - (jnp.log(x) - m) ** 2 / (2 * v)
-
-
-def lognormal_data_score(m0, v0):
-    """Exact score ``(x, t, cond) -> grad log p_t`` for data with log x0 ~ N(m0, v0)."""
-
-    def score(x, t, cond=None):
-        t = t[:, None]
-        return (-1.0 - (jnp.log(x) - m0 - DRIFT * t) / (v0 + SIGMA**2 * t)) / x
-
-    return score
-
-
-def assert_within(est, truth, se, k=5.0, slack=0.0, what=""):
-    assert abs(est - truth) <= k * se + slack, f"{what}: {est} vs {truth} (se {se})"
 
 
 # --------------------------------------------------------------------------- basic contract
@@ -117,14 +67,7 @@ def test_invalid_arguments_say_what_to_do():
         GeometricBrownianMotion(sigma=0.0)
     with pytest.raises(ValueError, match="data_log_std >= 0"):
         GeometricBrownianMotion(data_log_std=-1.0)
-    key, ok = jax.random.key(0), dict(shape=(4, 1), num_steps=3)
-    for match, kw in [("method must be one of", dict(ok, method="heun")),
-                      ("exactly one of", dict(num_steps=3)),
-                      ("exactly one of", dict(ok, x_init=jnp.ones((4, 1)))),
-                      ("num_steps", dict(ok, num_steps=0)),
-                      ("t_start > t_end", dict(ok, t_start=0.1, t_end=0.5))]:
-        with pytest.raises(ValueError, match=match):
-            sample_gbm(exact_score, PROC, key=key, **kw)
+    key = jax.random.key(0)
     x0 = jnp.ones((4, 1))
     with pytest.raises(ValueError, match="weighting"):
         gbm_score_loss(exact_score, PROC, x0, key=key, weighting="uniform")
@@ -246,108 +189,6 @@ def test_mixture_score_closed_form(v0):
             np.testing.assert_allclose(post, want, rtol=1e-10, atol=1e-10)
 
 
-# --------------------------------------------------------------------------- samplers
-N_SAMPLES = 20_000
-
-
-def check_mixture(x, t):
-    """Component weights, log-means and log-variances of samples x against p_t."""
-    y = np.log(np.asarray(x, np.float64))[:, 0]
-    m, v = mixture_params(t)
-    lab = y > 0.5 * (m[0] + m[1])  # the components are > 8 log-sd apart at t_end
-    n = y.size
-    # Sampling error plus a small allowance for the O(step) bias of the samplers.
-    assert_within(1 - lab.mean(), W[0], math.sqrt(W[0] * W[1] / n), slack=0.005, what="w")
-    for i, sel in enumerate([~lab, lab]):
-        yi = y[sel]
-        ni = yi.size
-        assert_within(yi.mean(), m[i], math.sqrt(v / ni), slack=0.01, what=f"mean {i}")
-        assert_within(yi.var(), v, v * math.sqrt(2 / ni), slack=0.05 * v, what=f"var {i}")
-
-
-def scaled_score(x, t, cond):
-    """``a * score + b / x`` with ``(a, b) = cond``: (1, 0) is exact; cond is traced, so a
-    perturbed score reuses the compiled sampler."""
-    return cond[0] * mixture_score(x, t) + cond[1] / x
-
-
-SAMPLE = jax.jit(sample_gbm, static_argnames=("score_fn", "num_steps", "method"))
-
-
-@pytest.mark.parametrize("method", ["exponential", "euler_maruyama"])
-def test_samplers_recover_mixture_with_exact_score(method):
-    t_end = 1e-3
-    x1 = sample_mixture(jax.random.key(6), N_SAMPLES, 1.0, jnp.float64)
-    kw = dict(key=jax.random.key(7), x_init=x1, num_steps=400, method=method, t_end=t_end)
-    res = SAMPLE(scaled_score, PROC, cond=jnp.array([1.0, 0.0]), **kw)
-    assert res.nfe == 400 and res.x.shape == x1.shape
-    check_mixture(res.x, t_end)
-    # The check has teeth: a moderately wrong score gives a detectably wrong law.
-    bad = SAMPLE(scaled_score, PROC, cond=jnp.array([0.7, -0.3]), **kw)
-    with pytest.raises(AssertionError):
-        check_mixture(bad.x, t_end)
-
-
-@pytest.mark.parametrize("method", ["exponential", "euler_maruyama"])
-def test_samplers_from_prior_recover_lognormal_data(method):
-    """Log-normal data: the moment-matched prior is exact and the score is
-    x grad log p_t = -1 - (log x - m_t)/v_t; sampling from shape= returns N(m0, v0) in log x."""
-    m0, s0 = 0.3, 0.25
-    proc = GeometricBrownianMotion(mu=MU, sigma=SIGMA, data_log_mean=m0, data_log_std=s0)
-
-    score = lognormal_data_score(m0, s0**2)
-    res = sample_gbm(score, proc, key=jax.random.key(8), shape=(N_SAMPLES, 1), num_steps=200,
-                     method=method, t_end=0.0, dtype=jnp.float64)
-    y = np.log(np.asarray(res.x))[:, 0]
-    v0 = s0**2
-    assert_within(y.mean(), m0, math.sqrt(v0 / y.size), slack=0.01, what="log-mean")
-    assert_within(y.var(), v0, v0 * math.sqrt(2 / y.size), slack=0.05 * v0, what="log-var")
-
-
-def test_exponential_sampler_keeps_positivity():
-    x1 = sample_mixture(jax.random.key(9), N_SAMPLES, 1.0, jnp.float32)
-    x1 = x1.at[:3, 0].set(jnp.array([1e-20, 1e-3, 1e3], jnp.float32))  # extreme starts
-    kw = dict(key=jax.random.key(10), x_init=x1, num_steps=4, t_end=1e-2)
-    exp_res = sample_gbm(exact_score, PROC, method="exponential", **kw)
-    assert exp_res.x.dtype == jnp.float32
-    assert bool(jnp.all(exp_res.x > 0)) and bool(jnp.all(jnp.isfinite(exp_res.x)))
-    # The same coarse grid drives the additive (ambient) Euler-Maruyama step below zero.
-    em_res = sample_gbm(exact_score, PROC, method="euler_maruyama", **kw)
-    assert bool(jnp.any(em_res.x <= 0))
-
-
-def contract_score(x, t, cond=None):
-    assert t.shape == (x.shape[0],) and cond == "c"
-    return -1.0 / x * (1.0 + jnp.log(x))
-
-
-@pytest.mark.parametrize(
-    "method, dtype", [("exponential", jnp.float32), ("euler_maruyama", jnp.float64)]
-)
-def test_sampler_contract(method, dtype):
-    """Shape and dtype kept, jit == no-jit, deterministic per key, exact nfe, trajectory."""
-    calls = []
-
-    def score(x, t, cond=None):
-        calls.append(1)
-        return contract_score(x, t, cond)
-
-    # Per-channel coefficients broadcast against one example (2, 3).
-    proc = GeometricBrownianMotion(mu=jnp.array([0.1, 0.2, 0.3]), sigma=jnp.array([0.5, 0.8, 1.0]))
-    kw = dict(shape=(5, 2, 3), num_steps=7, method=method, cond="c", dtype=dtype)
-    res = sample_gbm(score, proc, key=jax.random.key(11), return_trajectory=True, **kw)
-    assert len(calls) == 1 and res.nfe == 7  # traced once by lax.scan, 7 evaluations
-    assert res.x.shape == (5, 2, 3) and res.x.dtype == dtype
-    assert res.trajectory.shape == (8, 5, 2, 3) and res.trajectory.dtype == dtype
-    np.testing.assert_array_equal(res.trajectory[-1], res.x)
-    jitted = jax.jit(lambda p, k: sample_gbm(contract_score, p, key=k, **kw).x)
-    x_jit = jitted(proc, jax.random.key(11))
-    tol = 1e-5 if dtype == jnp.float32 else 1e-12
-    np.testing.assert_allclose(x_jit, res.x, rtol=tol)
-    np.testing.assert_array_equal(jitted(proc, jax.random.key(11)), x_jit)  # same key
-    assert not np.allclose(jitted(proc, jax.random.key(12)), x_jit)  # another key
-
-
 # --------------------------------------------------------------------------- loss
 def test_loss_at_exact_score_equals_closed_form_minimum():
     """For log x0 ~ N(m0, v0) the minimum at time t is v0 / (v0 + sigma^2 t) per dimension
@@ -414,29 +255,6 @@ def test_non_positive_data_is_refused():
         gbm_score_loss(lambda x, t, c=None: x, process, -bad, key=jax.random.key(0))
 
 
-def test_log_grid_and_final_tweedie_step_on_lognormal_data():
-    """Log-normal data, exact score, geometric grid: stopping at t_end leaves log x ~
-    N(m0 + drift t, v0 + sigma^2 t); the final Tweedie step returns E[log x0 | log x_t], whose
-    law is N(m0, v0^2 / (v0 + sigma^2 t)) (one more evaluation)."""
-    m0, s0, t_end = 0.3, 0.25, 0.05
-    v0, v_end = s0**2, s0**2 + SIGMA**2 * t_end
-    proc = GeometricBrownianMotion(mu=MU, sigma=SIGMA, data_log_mean=m0, data_log_std=s0)
-
-    score = lognormal_data_score(m0, s0**2)
-
-    kw = dict(key=jax.random.key(9), shape=(N_SAMPLES, 1), num_steps=200, grid="log",
-              t_end=t_end, dtype=jnp.float64)
-    for denoise, mean, var, nfe in [(False, m0 + DRIFT * t_end, v_end, 200),
-                                    (True, m0, v0**2 / v_end, 201)]:
-        res = sample_gbm(score, proc, denoise_final=denoise, **kw)
-        y = np.log(np.asarray(res.x))[:, 0]
-        assert res.nfe == nfe
-        assert_within(y.mean(), mean, math.sqrt(var / y.size), slack=0.005, what="log-mean")
-        assert_within(y.var(), var, var * math.sqrt(2 / y.size), slack=0.03 * var, what="var")
-    with pytest.raises(ValueError, match="t_end > 0"):
-        sample_gbm(score, proc, **(kw | {"t_end": 0.0}))
-
-
 def test_log_uniform_time_sampling_has_its_closed_form_minimum():
     """With log t ~ U(log t_min, log t_max) the "noise" loss at the exact score averages
     v0 / (v0 + sigma^2 t) over log t: (L - log((v0 + s2 t_max) / (v0 + s2 t_min))) / L,
@@ -461,3 +279,19 @@ def test_log_uniform_time_sampling_has_its_closed_form_minimum():
     with pytest.raises(ValueError, match="t_min > 0"):
         gbm_score_loss(score, PROC, jnp.ones((4, 2)), key=jax.random.key(0), t_min=0.0,
                        t_sampling="log_uniform")
+
+
+@pytest.mark.parametrize("sigma", [0.8, jnp.array([0.5, 0.8, 1.0])])
+def test_log_snr_is_the_noise_scale_of_log_x_and_inverts(sigma):
+    """log_snr(t) = -log(sigma sqrt(t)) (geometric mean of a per-channel sigma), strictly
+    decreasing, +inf at t = 0, and t_from_log_snr is its inverse (the sampler grids use both)."""
+    proc = GeometricBrownianMotion(mu=0.1, sigma=sigma)
+    t = jnp.geomspace(1e-6, 1.0, 50)
+    lam = proc.log_snr(t)
+    log_sigma = np.mean(np.log(np.asarray(sigma, np.float64)))
+    np.testing.assert_allclose(lam, -(log_sigma + 0.5 * np.log(np.asarray(t))), rtol=1e-12)
+    assert lam.shape == t.shape and np.all(np.diff(np.asarray(lam)) < 0)
+    assert float(proc.log_snr(0.0)) == np.inf
+    np.testing.assert_allclose(proc.t_from_log_snr(lam), t, rtol=1e-12)
+    assert proc.log_snr(jnp.float32(0.5)).dtype == jnp.float32
+

@@ -16,7 +16,9 @@ For a target y jointly Gaussian with x_t, E[y | x_t = x] = E y + Cov(y, x_t) Sig
     y = z:          Cov = g I   (one-sided: y = x1, Cov = beta S1)    -> eta(t, x)
     s(t, x) = grad log N(x; mu_t, Sigma_t) = -Sigma_t^{-1} (x - mu_t).
 
-b is finite at both ends (g g' is), so the ODE and SDE run on [0, 1] exactly.
+The closed forms are in ``tests/interpolant_closed_forms.py``; generation (the solvers
+``samplers.InterpolantEuler``, ``InterpolantHeun``, ``InterpolantSDE``) is tested in
+``tests/samplers/test_interpolant.py``.
 """
 
 import math
@@ -26,104 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genflow.processes import StochasticInterpolant, interpolant_ode, interpolant_sde, interpolant_loss
-
-M0, S0 = np.array([1.5, -0.5]), np.array([[0.5, 0.2], [0.2, 0.3]])  # rho_0: the data
-M1, S1 = np.array([-1.0, 2.0]), np.array([[2.0, -0.6], [-0.6, 1.0]])  # rho_1: the other end
-N = 20_000
-
-
-def paper_coefs(interpolant, gamma, a=1.0):
-    """``t -> (alpha, alpha', beta, beta', g^2, g g')``, written independently of genflow."""
-
-    def g2_fn(t):
-        if gamma == "sqrt":
-            return a * t * (1 - t), a * (1 - 2 * t)
-        if gamma == "quadratic":
-            q = t * (1 - t)
-            return q**2, 2 * q * (1 - 2 * t)
-        if gamma == "sin2":
-            sn, cs = jnp.sin(math.pi * t), jnp.cos(math.pi * t)
-            return sn**4, 4 * math.pi * sn**3 * cs
-        return 0 * t, 0 * t
-
-    def coefs(t):
-        g2, dg2 = g2_fn(t)
-        one, zero = jnp.ones_like(t), jnp.zeros_like(t)
-        kind = interpolant.replace("one_sided_", "")
-        if kind == "linear":
-            al, dal, be, dbe = 1 - t, -one, t, one
-        elif kind == "trig":
-            r, dr = jnp.sqrt(1 - g2), -0.5 * dg2 / jnp.sqrt(1 - g2)
-            c, d = jnp.cos(math.pi * t / 2), jnp.sin(math.pi * t / 2)
-            al, dal = r * c, dr * c - math.pi / 2 * r * d
-            be, dbe = r * d, dr * d + math.pi / 2 * r * c
-        elif kind == "encdec":
-            c2, dc2 = jnp.cos(math.pi * t) ** 2, -math.pi * jnp.sin(2 * math.pi * t)
-            lo, hi = t < 0.5, t > 0.5
-            al, dal = jnp.where(lo, c2, 0.0), jnp.where(lo, dc2, 0.0)
-            be, dbe = jnp.where(hi, c2, 0.0), jnp.where(hi, dc2, 0.0)
-        else:  # mirror
-            al, dal, be, dbe = one, zero, zero, zero
-        return al, dal, be, dbe, g2, 0.5 * dg2
-
-    return coefs
-
-
-def inv2(m):
-    """Inverse of a batch of 2x2 matrices (adjugate over determinant)."""
-    p, q, r, u = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
-    adj = jnp.stack([jnp.stack([u, -q], -1), jnp.stack([-r, p], -1)], -2)
-    return adj / (p * u - q * r)[..., None, None]
-
-
-def exact_fields(interpolant, gamma, m0=M0, s0=S0, m1=M1, s1=S1, a=1.0):
-    """Exact b, v, s, eta (``f(x, t, cond)``) for independent Gaussian ends (module docstring)."""
-    coefs = paper_coefs(interpolant, gamma, a)
-    m0, s0, m1, s1 = (jnp.asarray(v) for v in (m0, s0, m1, s1))
-    eye = jnp.eye(2)
-
-    def parts(x, t):
-        al, dal, be, dbe, g2, ggd = (c[:, None, None] for c in coefs(t))
-        mu = al[..., 0] * m0 + be[..., 0] * m1
-        sigma = al**2 * s0 + be**2 * s1 + g2 * eye
-        white = inv2(sigma) @ (x - mu)[..., None]  # Sigma^{-1} (x - mu), (b, 2, 1)
-        mean_di = dal[..., 0] * m0 + dbe[..., 0] * m1
-        cov_v = dal * al * s0 + dbe * be * s1
-        return white, mean_di, cov_v, ggd, be, g2
-
-    def b(x, t, cond=None):
-        white, mean_di, cov_v, ggd, _, _ = parts(x, t)
-        return mean_di + ((cov_v + ggd * eye) @ white)[..., 0]
-
-    def v(x, t, cond=None):
-        white, mean_di, cov_v, *_ = parts(x, t)
-        return mean_di + (cov_v @ white)[..., 0]
-
-    def s(x, t, cond=None):
-        return -parts(x, t)[0][..., 0]
-
-    def eta(x, t, cond=None):
-        white, *_, be, g2 = parts(x, t)
-        cov = be * s1 if interpolant.startswith("one_sided") else jnp.sqrt(g2) * eye
-        return (cov @ white)[..., 0]
-
-    return {"b": b, "v": v, "s": s, "eta": eta}
-
-
-def gaussian(key, m, s, n=N):
-    return jnp.asarray(m) + jax.random.normal(key, (n, 2)) @ np.linalg.cholesky(s).T
-
-
-def assert_gaussian(x, m, s, n_se=5.0):
-    """Mean and covariance of ``x`` match N(m, s) within ``n_se`` standard errors."""
-    x = np.asarray(x, np.float64)
-    n = x.shape[0]
-    mean_se = np.sqrt(np.diag(s) / n)
-    np.testing.assert_array_less(np.abs(x.mean(0) - m), n_se * mean_se)
-    cov_se = np.sqrt((np.outer(np.diag(s), np.diag(s)) + s**2) / n)
-    np.testing.assert_array_less(np.abs(np.cov(x.T) - s), n_se * cov_se)
-
+from genflow.processes import StochasticInterpolant, interpolant_loss
+from interpolant_closed_forms import (
+    M0,
+    M1,
+    S0,
+    S1,
+    exact_fields,
+    gaussian,
+    paper_coefs,
+)
 
 CONFIGS = [("linear", "sqrt"), ("linear", "quadratic"), ("linear", "sin2"), ("linear", "zero"),
            ("trig", "sqrt"), ("trig", "quadratic"), ("trig", "zero"), ("encdec", "sqrt"),
@@ -248,64 +162,28 @@ def test_antithetic_estimator_has_lower_variance(target, gamma):
     assert jnp.var(anti) < 0.25 * jnp.var(plain), (jnp.var(anti), jnp.var(plain))
 
 
-# ------------------------------------------------------------------------- generation
-@pytest.mark.parametrize("interpolant,gamma", [("linear", "sqrt"), ("trig", "quadratic"), ("encdec", "sin2")])
-def test_ode_maps_rho1_to_rho0(interpolant, gamma):
-    b = exact_fields(interpolant, gamma)["b"]
-    x1 = gaussian(jax.random.key(4), M1, S1)
-    out = interpolant_ode(b, StochasticInterpolant(interpolant, gamma), x1, num_steps=100)
-    assert out.nfe == 200 and out.x.shape == x1.shape and out.x.dtype == x1.dtype
-    assert_gaussian(out.x, M0, S0)
-    if interpolant == "linear":  # and back: forward in time the same flow returns x1 (Euler)
-        back = interpolant_ode(b, StochasticInterpolant(interpolant, gamma), out.x, num_steps=400,
-                             t_start=0.0, t_end=1.0, method="euler")
-        assert back.nfe == 400
-        np.testing.assert_allclose(back.x, x1, atol=0.05)
-
-
-@pytest.mark.parametrize("interpolant,kind,epsilon", [
-    ("linear", "s", 0.5), ("linear", "eta", lambda t: 2.0 * t * (1 - t)), ("mirror", "s", 1.0)],
-    ids=["score-constant-eps", "eta-vanishing-eps", "mirror"])
-def test_sde_maps_rho1_to_rho0(interpolant, kind, epsilon):
-    """For ``mirror`` rho_1 = rho_0 and the SDE must keep it (a diffusion that resamples it)."""
-    m1, s1 = (M0, S0) if interpolant == "mirror" else (M1, S1)
-    proc = StochasticInterpolant(interpolant, "sqrt")
-    fields = exact_fields(interpolant, "sqrt", m1=m1, s1=s1)
-    x1 = gaussian(jax.random.key(5), m1, s1)
-    out = interpolant_sde(fields["b"], fields[kind], proc, x1, key=jax.random.key(6), num_steps=400,
-                        epsilon=epsilon, s_kind=kind, return_trajectory=True)
-    assert out.nfe == 800 and out.trajectory.shape == (401, N, 2)
-    assert bool(jnp.all(jnp.isfinite(out.x)))
-    assert_gaussian(out.x, M0, S0)
-
-
-def test_sde_with_the_wrong_sign_fails():
-    """Negative control: b + eps s (the forward-time drift) run backwards misses rho_0."""
-    proc = StochasticInterpolant("linear", "sqrt")
-    fields = exact_fields("linear", "sqrt")
-    x1 = gaussian(jax.random.key(5), M1, S1)
-    out = interpolant_sde(fields["b"], lambda x, t, c=None: -fields["s"](x, t), proc, x1,
-                        key=jax.random.key(6), num_steps=400, epsilon=0.5)
-    with pytest.raises(AssertionError):
-        assert_gaussian(out.x, M0, S0)
-
-
-def test_sampling_is_deterministic_per_key_and_keeps_float32():
+# ------------------------------------------------------------------------- float32
+def test_path_and_loss_keep_float32():
+    """(Generation keeps float32 too: tests/samplers/test_interpolant.py.)"""
     proc = StochasticInterpolant("linear", "quadratic")
     x = jax.random.normal(jax.random.key(7), (64, 2), jnp.float32)
 
     def field(x, t, cond=None):  # a float32 network stand-in
         return -x * t[:, None].astype(x.dtype)
 
-    run = jax.jit(lambda k: interpolant_sde(field, field, proc, x, key=k, num_steps=5).x)
-    a1, a2, a3 = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))
-    assert a1.dtype == jnp.float32
-    np.testing.assert_array_equal(a1, a2)
-    assert not np.allclose(a1, a3)
-    assert interpolant_ode(field, proc, x, num_steps=3, method="euler").x.dtype == jnp.float32
     xt, z = proc.sample_xt(jax.random.key(0), x, x, jnp.full((64,), 0.5, jnp.float32))
     assert xt.dtype == z.dtype == jnp.float32
     assert interpolant_loss(field, proc, x, x, key=jax.random.key(0)).dtype == jnp.float32
+
+
+def test_prior_sample_is_standard_normal():
+    """The t = 1 end without a source data set: N(0, I) in the asked dtype."""
+    key = jax.random.key(3)
+    for proc in (StochasticInterpolant("one_sided_linear"), StochasticInterpolant("linear")):
+        x = proc.prior_sample(key, (4, 2))
+        assert x.dtype == jnp.float32
+        np.testing.assert_array_equal(x, jax.random.normal(key, (4, 2), jnp.float32))
+        assert proc.prior_sample(key, (3,), jnp.float64).dtype == jnp.float64
 
 
 # ------------------------------------------------------------------------- bad input
@@ -332,8 +210,3 @@ def test_bad_input_is_rejected():
         interpolant_loss(lambda x, t, c: x, proc, x, x, key=jax.random.key(0), target="s", t_min=0.0)
     with pytest.raises(ValueError, match="target must be one of"):
         interpolant_loss(lambda x, t, c: x, proc, x, x, key=jax.random.key(0), target="x0")
-    with pytest.raises(ValueError, match="t_start = 1 - 1e-3"):
-        interpolant_sde(lambda x, t, c: x, lambda x, t, c: x, proc, x, key=jax.random.key(0),
-                      num_steps=2, s_kind="eta", epsilon=1.0)
-    with pytest.raises(ValueError, match="num_steps"):
-        interpolant_ode(lambda x, t, c: x, proc, x, num_steps=0)

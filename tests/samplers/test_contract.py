@@ -9,9 +9,12 @@ under jit would alone exceed the time budget of the suite.
 The model is the exact network for Gaussian data (see _gaussian.py), so that results are also
 comparable across prediction kinds. Un-jitted runs use ``jax.disable_jit()`` (real op-by-op
 execution, where each model evaluation is a Python call with concrete arrays and can be counted).
+
+The solvers of the other fields (GBM with GBMScore, stochastic interpolants with
+InterpolantField) run the same contract at the end, each with the process and field it fits.
 """
 
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +37,26 @@ from _gaussian import (
     log_snr,
     nojit_run,
 )
-from genflow.processes import VE, RectifiedFlow, SubVP
+from interpolant_closed_forms import exact_fields
+from genflow.processes import (
+    VE,
+    GeometricBrownianMotion,
+    RectifiedFlow,
+    StochasticInterpolant,
+    SubVP,
+)
 from genflow.samplers import (
     AbstractSolver,
     Euler,
+    FokkerPlanckHeun,
+    GBMEulerMaruyama,
+    GBMExponential,
+    GBMScore,
     Heun,
+    InterpolantEuler,
+    InterpolantField,
+    InterpolantHeun,
+    InterpolantSDE,
     karras,
     log_snr_uniform,
     quadratic,
@@ -344,3 +362,179 @@ def test_ode_solvers_are_differentiable_in_x_init(solver_name, kind):
         fd = (loss(X1 + eps * d) - loss(X1 - eps * d)) / (2 * eps)
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 1e-3
     np.testing.assert_allclose(float(fd), np.sum(grad * d), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- other fields
+# The solvers of the processes that are not Gaussian paths, each with the process and field it
+# fits: geometric Brownian motion (a score model, positive data) and a stochastic interpolant
+# between two Gaussians (the exact fields of tests/interpolant_closed_forms.py, concatenated as
+# the prediction names them). v + gamma' eta is infinite at t = 1 for gamma = sqrt (gamma'), so
+# that case starts just inside.
+GBM = GeometricBrownianMotion(mu=0.1, sigma=0.8)
+SI = StochasticInterpolant("linear", "sqrt")
+SI_FIELDS = exact_fields("linear", "sqrt")
+X1_POSITIVE = np.exp(0.5 * X1)
+# name: (solver, process, prediction, x_init, nfe per step, t_start)
+FIELD_CASES = {
+    "gbm_exp": (GBMExponential(), GBM, "score", X1_POSITIVE, 1, 1.0),
+    "gbm_em": (GBMEulerMaruyama(), GBM, "score", X1_POSITIVE, 1, 1.0),
+    "si_euler": (InterpolantEuler(), SI, "b", X1, 1, 1.0),
+    "si_heun": (InterpolantHeun(), SI, "v+eta", X1, 2, 1.0 - 1e-3),
+    "si_sde": (InterpolantSDE(0.5), SI, "b+s", X1, 1, 1.0),
+}
+
+
+def field_model(name, counter=None):
+    """The network of a FIELD_CASES entry; records calls as gaussian_model does."""
+    _, _, prediction, _, _, _ = FIELD_CASES[name]
+
+    def model_fn(x, t, cond=None):
+        if counter is not None:
+            counter.append("traced" if isinstance(x, jax.core.Tracer) else "run")
+        if prediction == "score":  # a smooth GBM score that depends on t
+            return -(1.0 + jnp.log(x)) * (1.0 + t[:, None]) / x
+        return jnp.concatenate([SI_FIELDS[f](x, t) for f in prediction.split("+")], axis=-1)
+
+    return model_fn
+
+
+def _field_run(name, key, x_init=None, counter=None, **kw):
+    solver, proc, prediction, x1, _, t_start = FIELD_CASES[name]
+    return sample(field_model(name, counter), proc, solver, key=key,
+                  x_init=x1 if x_init is None else x_init, prediction=prediction,
+                  num_steps=CONTRACT_STEPS, t_start=t_start, **kw)
+
+
+@lru_cache(maxsize=None)
+def field_nojit_run(name, key_index=0):
+    counter = []
+    with jax.disable_jit():
+        res = _field_run(name, KEYS[key_index], counter=counter, return_trajectory=True)
+    return dict(x=np.asarray(res.x), trajectory=np.asarray(res.trajectory), nfe=res.nfe,
+                calls=counter, x_dtype=res.x.dtype)
+
+
+@pytest.mark.parametrize("name", list(FIELD_CASES))
+def test_field_solver_contract(name):
+    """Shape, dtype, trajectory, exact nfe (= real model calls), field class, and the key
+    changing the result exactly when the solver is stochastic (no jit)."""
+    solver, proc, _, x1, per_step, _ = FIELD_CASES[name]
+    assert solver.field_class is (GBMScore if name.startswith("gbm") else InterpolantField)
+    r = field_nojit_run(name)
+    n = CONTRACT_STEPS
+    assert r["x"].shape == x1.shape and r["x_dtype"] == jnp.float64
+    assert np.all(np.isfinite(r["x"]))
+    assert r["trajectory"].shape == (n + 1, *x1.shape)
+    np.testing.assert_array_equal(r["trajectory"][0], x1)
+    np.testing.assert_array_equal(r["trajectory"][-1], r["x"])
+    assert not np.allclose(r["trajectory"][1], x1)
+    assert r["nfe"] == per_step * n
+    assert r["calls"].count("run") == r["nfe"], r["calls"]
+    other = field_nojit_run(name, 1)["x"]
+    if solver.stochastic:
+        assert np.max(np.abs(other - r["x"])) > 1e-2
+    else:
+        np.testing.assert_array_equal(other, r["x"])
+
+
+_FIELD_TRACES = []
+
+
+@partial(jax.jit, static_argnames="name")
+def _jit_field_sample(solver, proc, key, x_init, name):
+    res = sample(field_model(name, _FIELD_TRACES), proc, solver, key=key, x_init=x_init,
+                 prediction=FIELD_CASES[name][2], num_steps=CONTRACT_STEPS,
+                 t_start=FIELD_CASES[name][5])
+    return res.x, res.nfe
+
+
+@pytest.mark.parametrize("name", list(FIELD_CASES))
+def test_field_solver_jit_matches_no_jit(name):
+    """float64: jit equals the op-by-op run to 1e-9; traced once (one abstract shape check and
+    the scan body); same key, same result."""
+    solver, proc, _, x1, per_step, _ = FIELD_CASES[name]
+    _FIELD_TRACES.clear()
+    x, nfe = _jit_field_sample(solver, proc, KEYS[0], x1, name)
+    assert _FIELD_TRACES == ["traced"] * (1 + per_step), _FIELD_TRACES
+    assert int(nfe) == per_step * CONTRACT_STEPS
+    np.testing.assert_allclose(x, field_nojit_run(name)["x"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(_jit_field_sample(solver, proc, KEYS[0], x1, name)[0], x)
+    x_other = _jit_field_sample(solver, proc, KEYS[1], x1, name)[0]
+    assert (np.max(np.abs(x_other - x)) > 1e-2) == solver.stochastic
+
+
+@pytest.mark.parametrize("name", ["gbm_em", "si_heun", "si_sde"])
+def test_field_solver_float32(name):
+    """float32 data stay float32 (times in float64), and jit agrees with the un-jitted run to
+    float32 round-off: a few dozen float32 operations per step, each within 6e-8 relative, over
+    3 steps, reordered by XLA's fusion under jit, hence rtol 1e-5."""
+    x32 = jnp.asarray(FIELD_CASES[name][3], jnp.float32)
+    res = _field_run(name, KEYS[0], x_init=x32, return_trajectory=True)
+    assert res.x.dtype == res.trajectory.dtype == jnp.float32
+    jitted = jax.jit(lambda k, x: _field_run(name, k, x_init=x).x)(KEYS[0], x32)
+    assert jitted.dtype == jnp.float32
+    # float32 round-off of a few fused steps on O(1) values: ~6e-6 seen; 5e-5 leaves room for
+    # other CPUs' fusion choices.
+    np.testing.assert_allclose(jitted, res.x, rtol=5e-5, atol=1e-5)
+    if not FIELD_CASES[name][0].stochastic:  # (float32 noise draws differ from float64 ones)
+        np.testing.assert_allclose(res.x, field_nojit_run(name)["x"], rtol=1e-4, atol=1e-5)
+
+
+def test_field_solvers_are_distinct_pytrees():
+    structs = [jax.tree_util.tree_structure(c[0]) for c in FIELD_CASES.values()]
+    structs += [jax.tree_util.tree_structure(s) for s in (Euler(), Heun(), FokkerPlanckHeun())]
+    for i, a in enumerate(structs):
+        for b in structs[i + 1:]:
+            assert a != b
+
+
+def test_fokker_planck_heun_is_heun():
+    """A name of its own (its own pytree, checked above) with Heun's steps and cost."""
+    assert issubclass(FokkerPlanckHeun, Heun) and FokkerPlanckHeun.order == 2
+    name, kind = "cosine", "v"
+    with jax.disable_jit():
+        res = sample(gaussian_model(name, kind), PROCESSES[name], FokkerPlanckHeun(),
+                     key=KEYS[0], x_init=X1, prediction=kind, num_steps=CONTRACT_STEPS)
+    ref = nojit_run("heun", name, kind)
+    np.testing.assert_array_equal(res.x, ref["x"])
+    assert res.nfe == ref["nfe"]
+
+
+def contract_score(x, t, cond=None):
+    assert t.shape == (x.shape[0],) and cond == "c"
+    return -1.0 / x * (1.0 + jnp.log(x))
+
+
+@pytest.mark.parametrize(
+    "solver, dtype", [(GBMExponential(), jnp.float32), (GBMEulerMaruyama(), jnp.float64)]
+)
+def test_gbm_contract_per_channel(solver, dtype):
+    """GBM with per-channel coefficients broadcasting against one example (2, 3): shape and
+    dtype kept, jit == no-jit, deterministic per key, exact nfe, trajectory (the former
+    sample_gbm's contract test)."""
+    calls = []
+
+    def score(x, t, cond=None):
+        calls.append(1)
+        return contract_score(x, t, cond)
+
+    proc = GeometricBrownianMotion(mu=jnp.array([0.1, 0.2, 0.3]), sigma=jnp.array([0.5, 0.8, 1.0]))
+    shape = (5, 2, 3)
+
+    def run(fn, p, k, **kw):  # the prior draw in dtype, with the key split as sample() splits it
+        x_init = p.prior_sample(jax.random.split(k)[0], shape, dtype)
+        return sample(fn, p, solver, key=k, x_init=x_init, prediction="score", num_steps=7,
+                      cond="c", **kw)
+
+    res = run(score, proc, jax.random.key(11), return_trajectory=True)
+    # One abstract shape check, then the scan body traced once: 7 evaluations.
+    assert len(calls) == 2 and res.nfe == 7
+    assert res.x.shape == (5, 2, 3) and res.x.dtype == dtype
+    assert res.trajectory.shape == (8, 5, 2, 3) and res.trajectory.dtype == dtype
+    np.testing.assert_array_equal(res.trajectory[-1], res.x)
+    jitted = jax.jit(lambda p, k: run(contract_score, p, k).x)
+    x_jit = jitted(proc, jax.random.key(11))
+    tol = 5e-5 if dtype == jnp.float32 else 1e-12  # float32: round-off of 7 steps, as above
+    np.testing.assert_allclose(x_jit, res.x, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(jitted(proc, jax.random.key(11)), x_jit)  # same key
+    assert not np.allclose(jitted(proc, jax.random.key(12)), x_jit)  # another key

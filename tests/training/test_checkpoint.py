@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genflow.config import Config, DataConfig, ModelConfig, TrainConfig
+from genflow.config import Config, DataConfig, MLPConfig, TrainConfig
 from genflow.training import Checkpointer, TrainState, has_checkpoint, init_train_state
 
 TINY = Config(
     data=DataConfig(batch_size=16),
-    model=ModelConfig(hidden=16, depth=1, embed_dim=8),
+    model=MLPConfig(hidden=16, depth=1, embed_dim=8),
     train=TrainConfig(num_steps=10, steps_per_dispatch=5, checkpoint_every=5, log_every=5),
 )
 

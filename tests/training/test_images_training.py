@@ -15,11 +15,13 @@ from genflow.config import (
     Config,
     ConfigError,
     DataConfig,
-    ModelConfig,
+    DiTConfig,
+    UNetConfig,
     SampleConfig,
     TrainConfig,
     apply_overrides,
 )
+from genflow import methods
 from genflow.processes import GeometricBrownianMotion, StochasticInterpolant, VPLinear
 from genflow.training import (
     CHECKPOINT_DIR,
@@ -27,15 +29,12 @@ from genflow.training import (
     Checkpointer,
     data_shape_of,
     init_train_state,
+    drop_labels,
     make_batches,
-    make_loss,
-    make_sampling,
     make_train_chunk,
     model_fn_from,
-    train,
 )
-from genflow.training._families import drop_labels
-from genflow.training._state import uses_dropout
+from genflow.run import sampling, train
 
 NUM_CLASSES = 10
 
@@ -59,10 +58,10 @@ def image_config(data_dir, model, **train):
     )
 
 
-DIT = ModelConfig(name="dit", hidden=32, depth=1, num_heads=2, patch_size=2, embed_dim=16,
+DIT = DiTConfig(hidden=32, depth=1, num_heads=2, patch_size=2, embed_dim=16,
                   num_classes=NUM_CLASSES)
-UNET = ModelConfig(name="unet", channels=16, channel_mult="1", num_res_blocks=1, dropout=0.1,
-                   embed_dim=16, attention_resolutions="")
+UNET = UNetConfig(channels=16, channel_mult=(1,), num_res_blocks=1, dropout=0.1,
+                  embed_dim=16, attention_resolutions=())
 
 
 def leaves(tree):
@@ -75,7 +74,7 @@ def assert_trees_equal(a, b):
 
 
 def test_dit_conditional_trains_and_resumes_bit_for_bit(tmp_path, data_dir):
-    """train() on digits with labels: finite losses, moving parameters; the run resumed from
+    """genflow.run.train() on digits with labels: finite losses, moving parameters; the run resumed from
     its step-2 checkpoint (step 4 deleted) ends exactly where the straight run did, dropped
     labels included (they are a function of the step). Sample grids are written every 2
     steps."""
@@ -146,9 +145,9 @@ def test_unet_with_dropout_trains_and_resumes_bit_for_bit(tmp_path, data_dir):
 
 
 def test_only_the_unet_with_dropout_gets_dropout_keys():
-    assert uses_dropout(UNET)
-    assert not uses_dropout(dataclasses.replace(UNET, dropout=0.0))
-    assert not uses_dropout(DIT)
+    assert UNET.uses_dropout
+    assert not dataclasses.replace(UNET, dropout=0.0).uses_dropout
+    assert not DIT.uses_dropout
 
 
 def test_drop_labels():
@@ -170,7 +169,8 @@ def test_drop_labels():
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        (["model.name=unet"], "data.name"),  # image network on toy data
+        (["model.name=unet"], "data.name"),  # image network on toy data (the old key)
+        (["model=dit"], "data.name"),
         (["data.name=digits"], "data.name"),  # MLP on images
         (["model.num_classes=10"], "model.num_classes"),  # labels on toy data
         (["model.channel_mult=1,x"], "model.channel_mult"),
@@ -180,7 +180,7 @@ def test_drop_labels():
         (["data.random_flip=true"], "data.random_flip"),  # an image-only field on toy data
         (["data.name=digits", "model.name=dit", "process=stochastic_interpolant",  # 2 fields
           "train.prediction=b+eta", "train.t_min=1e-3", "sample.sampler=interpolant_heun"],
-         "model.name"),
+         "predicts one field"),
     ],
 )
 def test_image_config_errors_name_the_field(overrides, key):
@@ -192,7 +192,7 @@ def test_image_config_errors_name_the_field(overrides, key):
 def test_unprepared_tfds_data_set_says_how_to_prepare_it(tmp_path):
     config = Config(
         data=DataConfig(name="mnist", batch_size=8, data_dir=str(tmp_path)),
-        model=ModelConfig(name="dit", hidden=32, depth=1),
+        model=DiTConfig(hidden=32, depth=1),
     )
     with pytest.raises(ConfigError, match="genflow data prepare mnist"):
         data_shape_of(config)
@@ -216,6 +216,11 @@ def _check_sample_cli(workdir):
                  "--out", str(out)]) == 0
     saved = np.load(out.with_suffix(".npz"))
     assert saved["samples"].shape == (20, 8, 8, 1) and np.all(np.isfinite(saved["samples"]))
+    # In the data range, as the PNG shows them; the sampler's raw output kept beside them.
+    raw = saved["samples_raw"]
+    np.testing.assert_array_equal(saved["samples"], np.clip(raw, -1.0, 1.0))
+    assert saved["samples"].min() >= -1.0 and saved["samples"].max() <= 1.0
+    assert np.abs(raw).max() > 1.0  # a 4-step DiT overshoots: the clipping is really tested
     np.testing.assert_array_equal(saved["labels"], np.arange(20) % NUM_CLASSES)
     assert float(saved["guidance"]) == 2.0
     with Image.open(out.with_suffix(".png")) as image:  # 2 per class in 10 rows, 2 px padding
@@ -269,31 +274,31 @@ def test_guidance_on_an_unconditional_model_is_refused(data_dir):
         dataclasses.replace(image_config(data_dir, UNET), sample=SampleConfig(guidance=3.0))
 
 
-@pytest.mark.parametrize("process, train_fields, sample", [
-    (GeometricBrownianMotion(mu=1.125, sigma=1.5), {}, SampleConfig(sampler="gbm_exponential")),
-    (StochasticInterpolant("linear", gamma="sqrt"), {"prediction": "b", "t_min": 1e-3},
+@pytest.mark.parametrize("process, method, sample", [
+    (GeometricBrownianMotion(mu=1.125, sigma=1.5), methods.GBM(),
+     SampleConfig(sampler="gbm_exponential")),
+    (StochasticInterpolant("linear", gamma="sqrt"), methods.Interpolant(fields="b", t_min=1e-3),
      SampleConfig(sampler="interpolant_heun")),
 ])
-def test_gbm_and_interpolants_are_selectable_for_images(data_dir, process, train_fields, sample):
+def test_gbm_and_interpolants_are_selectable_for_images(data_dir, process, method, sample):
     """The process set is the same for images: GBM sees the images mapped onto [1, 2]; an
     image interpolant starts from N(0, I) and learns one field. The loss and the sampler are
     traced (shapes only; the toy-data tests run them)."""
     base = image_config(data_dir, dataclasses.replace(DIT, num_classes=0))
-    config = Config(process=process, data=base.data, model=base.model,
-                    train=dataclasses.replace(base.train, **train_fields),
+    config = Config(process=process, method=method, data=base.data, model=base.model,
+                    train=base.train,
                     sample=dataclasses.replace(sample, num_samples=4, num_steps=2))
     batch = jax.tree.map(lambda a: jnp.asarray(a[0]), make_batches(config)(0, 1))
     if isinstance(process, GeometricBrownianMotion):
         assert 1.0 <= float(batch["x"].min()) and float(batch["x"].max()) <= 2.0
     setup, state = init_train_state(config, data_shape_of(config))
     model_fn = model_fn_from(setup, state.params)
-    loss = jax.eval_shape(make_loss(config), model_fn, batch, jax.random.key(0))
+    loss = jax.eval_shape(config.resolved.method.loss, model_fn, batch, jax.random.key(0))
     assert loss.shape == ()
-    _, draw, _ = make_sampling(config)
+    draw = sampling(config).draw
     x, _ = jax.eval_shape(draw, model_fn, jax.random.key(0), None)
     assert x.shape == (4, 8, 8, 1)
     with pytest.raises(ConfigError, match="predicts one field"):
-        dataclasses.replace(config, train=dataclasses.replace(
-            config.train, prediction="b+eta", t_min=1e-3),
+        dataclasses.replace(config, method=methods.Interpolant(fields="b+eta", t_min=1e-3),
             process=StochasticInterpolant("linear", gamma="sqrt"),
             sample=SampleConfig(sampler="interpolant_heun"))

@@ -10,7 +10,8 @@ import optax
 import pytest
 from flax import nnx
 
-from genflow.config import Config, DataConfig, ModelConfig, TrainConfig
+from genflow import methods
+from genflow.config import Config, DataConfig, MLPConfig, TrainConfig
 from genflow.training import (
     build_model,
     init_train_state,
@@ -169,7 +170,7 @@ def test_small_gradient_is_not_clipped(opt_problem):
 
 TINY = Config(
     data=DataConfig(batch_size=16),
-    model=ModelConfig(hidden=16, depth=1, embed_dim=8, embedding="fourier"),
+    model=MLPConfig(hidden=16, depth=1, embed_dim=8, embedding="fourier"),
     train=TrainConfig(num_steps=10, steps_per_dispatch=5, checkpoint_every=5, log_every=5),
 )
 
@@ -233,14 +234,14 @@ def test_weight_decay_leaves_fourier_frequencies_fixed(tiny_state):
 
 
 def test_edm_preconditioned_model_fn():
-    """With model.precondition='edm' the model_fn is D = c_skip y + c_out F(c_in y, log(s)/4),
+    """With method.precondition='edm' the model_fn is D = c_skip y + c_out F(c_in y, log(s)/4),
     computed here from EDM's table by hand, and it can be passed into jax.jit."""
     from genflow.processes import EDM
 
     config = dataclasses.replace(
         TINY, process=EDM(),
-        model=dataclasses.replace(TINY.model, precondition="edm", sigma_data=0.8),
-        train=dataclasses.replace(TINY.train, prediction="x0", weighting="edm"),
+        method=methods.Denoising(prediction="x0", weighting="edm", precondition="edm",
+                                 sigma_data=0.8),
     )
     setup, state = init_train_state(config, (2,))
     params = jax.tree.map(lambda p: p + 0.1, state.params)
@@ -258,5 +259,9 @@ def test_edm_preconditioned_model_fn():
 def test_edm_preconditioning_needs_x0_prediction():
     from genflow.config import ConfigError
 
-    with pytest.raises(ConfigError, match="train.prediction=x0"):
-        dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, precondition="edm"))
+    with pytest.raises(ValueError, match="method.prediction=x0"):
+        dataclasses.replace(TINY, method=methods.Denoising(precondition="edm"))
+    with pytest.raises(ConfigError, match="method.prediction=x0"):
+        from genflow.config import apply_overrides
+
+        apply_overrides(TINY, ["model.precondition=edm"])  # the first format's key
