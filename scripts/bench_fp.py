@@ -1,9 +1,9 @@
 """Fokker–Planck regularization benchmark: the ODE–SDE gap against the regularizer's weight.
 
 ``configs/toy_checkerboard_fp.py`` (VP, eps-predicting MLP, 2-D checkerboard) is trained with
-``train.fp_weight`` = w for each w of ``--weights`` (default 0, 0.1, 1) at the same budget (steps,
-batch, seed, collocation points). Each model's EMA weights are then sampled from the *same*
-prior draws with the probability-flow ODE (Heun, 100 steps) and the reverse SDE
+``method.fp_weight`` = w for each w of ``--weights`` (default 0, 0.1, 1) at the same budget
+(steps, batch, seed, collocation points). Each model's EMA weights are then sampled from the
+*same* prior draws with the probability-flow ODE (Heun, 100 steps) and the reverse SDE
 (Euler–Maruyama, 500 steps), both to ``t = 1e-3``, and measured with
 :func:`genflow.metrics.ode_sde_gap`:
 
@@ -36,34 +36,38 @@ from genflow.config import load_config_file
 from genflow.data import sample_toy
 from genflow.metrics import ode_sde_gap, sliced_wasserstein2_floor
 from genflow.plotting import curves_png
-from genflow.training import METRICS_FILE, model_fn_from, reference_data, train
+from genflow.run import train
+from genflow.training import METRICS_FILE, model_fn_from, reference_data
 
 CONFIG = Path("configs") / "toy_checkerboard_fp.py"
 
 
 def run(weight: float, steps: int, num: int, out_dir: Path) -> dict:
     config = load_config_file(CONFIG)
-    tc = dataclasses.replace(config.train, num_steps=steps, fp_weight=weight,
+    tc = dataclasses.replace(config.train, num_steps=steps,
                              checkpoint_every=steps - steps % config.train.steps_per_dispatch
                              or config.train.steps_per_dispatch)
+    method = dataclasses.replace(config.method, fp_weight=weight)
     sample = dataclasses.replace(config.sample, sampler="fp_ode" if weight > 0 else "heun")
-    config = dataclasses.replace(config, train=tc, sample=sample)
+    config = dataclasses.replace(config, method=method, train=tc, sample=sample)
     workdir = out_dir / f"w{weight:g}"
     start = time.perf_counter()
     setup, state = train(config, workdir, fresh=True, progress=False)
     train_s = time.perf_counter() - start
     losses = [json.loads(line)["loss"] for line in (workdir / METRICS_FILE).read_text().splitlines()]
-    model_fn = model_fn_from(setup, state.ema)
+    # The EMA weights in memory, as the method hands them to its samplers.
+    method = config.resolved.method
+    model_fn, prediction = method.sampling_model(model_fn_from(setup, state.ema))
     data = reference_data(config, num, seed=1) * config.data.scale
     start = time.perf_counter()
     gap = ode_sde_gap(
-        model_fn, config.process, key=jax.random.key(0), prediction=config.train.prediction,
+        model_fn, config.process, key=jax.random.key(0), prediction=prediction,
         shape=(num, 2), data=data, t_end=1e-3, ode_steps=100, sde_steps=500,
         residual_points=256, scale_data=config.data.scale,
     )
     eval_s = time.perf_counter() - start
     return {"weight": weight, "steps": steps, "batch": config.data.batch_size,
-            "fp_points": config.train.fp_points, "train_seconds": train_s,
+            "fp_points": config.method.fp_points, "train_seconds": train_s,
             "eval_seconds": eval_s, "final_loss": float(np.mean(losses[-5:])), **gap.summary()}
 
 

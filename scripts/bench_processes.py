@@ -23,7 +23,6 @@ reverse samplers at 500 steps.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -33,17 +32,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from genflow.config import apply_overrides, load_config_file, process_family
+from genflow.config import REGISTRY, apply_overrides, load_config_file, replace_sample
 from genflow.metrics import sliced_wasserstein2
-from genflow.training import (
-    METRICS_FILE,
-    has_checkpoint,
-    make_sampling,
-    model_fn_from,
-    reference_data,
-    restore_run,
-    train,
-)
+from genflow.run import open_run, train
+from genflow.training import CHECKPOINT_DIR, METRICS_FILE, has_checkpoint
 
 CONFIGS = ["vp", "subvp", "ve", "edm", "rf", "interpolant", "ko", "gbm", "8gaussians_to_checkerboard"]
 NUM_SAMPLES = 20_000
@@ -55,24 +47,51 @@ def config_path(name: str) -> Path:
     return path if path.exists() else Path("configs") / f"toy_checkerboard_{name}.py"
 
 
+def log_snr_start(process) -> float:
+    """``t = 1``, or ``1 - 1e-3`` on a Gaussian path whose log-SNR is infinite at ``t = 1``."""
+    return 1.0 if np.isfinite(float(process.log_snr(1.0))) else 1.0 - 1e-3
+
+
+# The samplers compared besides the config's own, each with its ``sample`` fields; a config
+# gets those that its method accepts (Gaussian-path, interpolant or GBM solvers).
+COMPARISONS = [
+    ("dpm_solver++_3m", lambda c: {"num_steps": 20, "grid": "log_snr",
+                                   "t_start": log_snr_start(c.process)}),
+    ("euler_maruyama", lambda c: {"num_steps": 500, "grid": "uniform",
+                                  "t_start": log_snr_start(c.process)}),
+    ("interpolant_sde", lambda c: {"num_steps": 500, "solver_options": {"epsilon": 1.0}}),
+    ("gbm_exponential", lambda c: {"num_steps": 500}),
+    ("gbm_euler_maruyama", lambda c: {"num_steps": 500}),
+]
+
+
 def plans(config) -> list[dict]:
-    """The ``config.sample`` fields of each comparison (see the module notes)."""
-    sc = config.sample
-    own = {"sampler": sc.sampler, "num_steps": sc.num_steps, "grid": sc.grid}
-    family = process_family(config.process)
-    if family == "interpolant":
-        return [own, {"sampler": "interpolant_sde", "num_steps": 500,
-                      "solver_options": "epsilon=1.0"}]
-    if family == "gbm":
-        return [{"sampler": "gbm_exponential", "num_steps": 500},
-                {"sampler": "gbm_euler_maruyama", "num_steps": 500}]
-    lam_one = float(config.process.log_snr(1.0))
-    t_start = 1.0 if np.isfinite(lam_one) else 1.0 - 1e-3
-    return [
-        own,
-        {"sampler": "dpm_solver++_3m", "num_steps": 20, "grid": "log_snr", "t_start": t_start},
-        {"sampler": "euler_maruyama", "num_steps": 500, "grid": "uniform", "t_start": t_start},
-    ]
+    """The ``config.sample`` fields of each comparison (see the module notes): the config's
+    own sampler, then every sampler of :data:`COMPARISONS` that the config's method accepts
+    (one that would repeat a sample section already planned is left out)."""
+    sc, method = config.sample, config.resolved.method
+    chosen = [{"sampler": sc.sampler, "num_steps": sc.num_steps, "grid": sc.grid}]
+    sections = [sc]
+    for name, fields in COMPARISONS:
+        if not method.accepts(REGISTRY.build("solver", name)):
+            continue
+        plan = {"sampler": name, **fields(config)}
+        section = replace_sample(config, **plan).sample
+        if section not in sections:
+            chosen.append(plan)
+            sections.append(section)
+    return chosen
+
+
+def network_prediction(method) -> str:
+    """What the network predicts: the method's prediction kind (eps, x0, velocity, ...), or the
+    fields of a stochastic interpolant (b+eta, ...)."""
+    return getattr(method, "prediction", None) or method.fields
+
+
+def options_text(options) -> str:
+    """A sampler's options as ``key=value,...`` (the form of ``--option``; '' for none)."""
+    return ",".join(f"{k}={v}" for k, v in options.items())
 
 
 def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
@@ -81,8 +100,8 @@ def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
         config = apply_overrides(config, [f"train.num_steps={steps}"])
     workdir = out_dir / name
     start = time.perf_counter()
-    trained = reuse and has_checkpoint(workdir / "checkpoints") and (
-        restore_run(workdir)[2] == config.train.num_steps
+    trained = reuse and has_checkpoint(workdir / CHECKPOINT_DIR) and (
+        open_run(workdir, config=config).step == config.train.num_steps
     )
     if not trained:
         train(config, workdir, fresh=True, progress=False)
@@ -90,17 +109,14 @@ def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
     records = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
     loss = float(np.mean([r["loss"] for r in records if "loss" in r][-10:]))
 
-    _, setup, _, params = restore_run(workdir, weights="ema")
-    model_fn = model_fn_from(setup, params)
-    data = [reference_data(config, NUM_SAMPLES, i) for i in range(NUM_DRAWS)]
-    floor = float(np.mean([sliced_wasserstein2(reference_data(config, NUM_SAMPLES, 100 + i),
+    trained_run = open_run(workdir, config=config)  # EMA weights, the config file's settings
+    data = [trained_run.reference(NUM_SAMPLES, i) for i in range(NUM_DRAWS)]
+    floor = float(np.mean([sliced_wasserstein2(trained_run.reference(NUM_SAMPLES, 100 + i),
                                                data[i]) for i in range(NUM_DRAWS)]))
     rows = []
     for plan in plans(config):
-        sample = dataclasses.replace(config.sample, num_samples=NUM_SAMPLES, **plan)
-        initial, draw, _ = make_sampling(dataclasses.replace(config, sample=sample))
-        x, nfe = jax.jit(draw)(model_fn, jax.random.key(1), initial(NUM_SAMPLES, 1))
-        x = np.asarray(x)
+        samples = trained_run.sample(num_samples=NUM_SAMPLES, seed=1, **plan)
+        sample, x = samples.config.sample, samples.x
         # A sample the sampler lost (the ambient GBM step can leave x > 0, where log x is
         # undefined) is counted and left out; every other sampler loses none.
         finite = np.all(np.isfinite(x), axis=1)
@@ -108,11 +124,11 @@ def run(name: str, steps: int | None, out_dir: Path, reuse: bool) -> dict:
         sw2s = [sliced_wasserstein2(x[finite], d) for d in data]
         sw2 = float(np.mean(sw2s))
         rows.append({"sampler": sample.sampler, "steps": sample.num_steps, "grid": sample.grid,
-                     "t_start": sample.t_start, "options": sample.solver_options,
-                     "nfe": int(nfe), "lost": lost, "sliced_w2": sw2, "sliced_w2_std": float(np.std(sw2s)),
+                     "t_start": sample.t_start, "options": options_text(sample.solver_options),
+                     "nfe": samples.nfe, "lost": lost, "sliced_w2": sw2, "sliced_w2_std": float(np.std(sw2s)),
                      "ratio": sw2 / floor})
     return {"process": name, "process_repr": repr(config.process),
-            "prediction": config.train.prediction, "train_steps": config.train.num_steps,
+            "prediction": network_prediction(config.method), "train_steps": config.train.num_steps,
             "train_s": train_s, "final_loss": loss, "floor": floor, "samplers": rows}
 
 

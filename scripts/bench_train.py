@@ -34,7 +34,7 @@ a CPU; ``--lowered`` counts the lowered, unoptimised program instead (within abo
 the compiled count, e.g. 865 against 869 GFLOP for an MNIST U-Net, in seconds)::
 
     .venv/bin/python scripts/bench_train.py --flops-only --config configs/digits_cond.py \\
-        --set data.name=cifar10 model.name=unet model.channels=128 \\
+        --set data.name=cifar10 model=unet model.channels=128 \\
         model.channel_mult=1,2,2,2 model.num_res_blocks=4 model.attention_resolutions=16 \\
         --shape 32,32,3
 
@@ -79,7 +79,7 @@ MLP_VARIANTS = [
 # A small U-Net for the 8x8 digits: levels at 8x8 (32 channels) and 4x4 (64 channels), one
 # residual block per level, self-attention at 4x4; everything else as in digits_cond.py.
 UNET_DIGITS = [
-    "model.name=unet", "model.channels=32", "model.channel_mult=1,2",
+    "model=unet", "model.channels=32", "model.channel_mult=1,2",
     "model.num_res_blocks=1", "model.attention_resolutions=4",
 ]
 # name: (overrides of digits_cond.py, optimizer steps per timed dispatch). The U-Net's

@@ -60,11 +60,12 @@ import numpy as np
 from flax import nnx
 
 from genflow import samplers
-from genflow.config import GRIDS
+from genflow.config import REGISTRY, DiTConfig
 from genflow.data import digits_arrays
+from genflow.methods import Denoising
 from genflow.networks import as_value_model_fn
 from genflow.plotting import image_grid_png
-from genflow.training import restore_run
+from genflow.run import open_run
 
 _EVAL = Path(__file__).with_name("eval_digits.py")
 
@@ -96,6 +97,10 @@ class GuidedValueFn:
     conditional and null branches run as one ``2 b`` batch, as ``samplers.guided`` does;
     injected ``values`` (shape ``b``) are used by both branches, and ``return_values`` returns
     the conditional branch's values.
+
+    ``samplers.guided`` (genflow/samplers/_guidance.py) still wraps a plain
+    ``model_fn(x, t, cond)`` only: it has no ``values`` / ``return_values`` hook, so this
+    value-aware copy of it stays (checked against it at start-up).
     """
 
     supports_value_injection = True
@@ -144,7 +149,7 @@ def main():
     parser.add_argument("--guidance", type=float, default=1.0,
                         help="CFG scale for the target class (1: none)")
     parser.add_argument("--num", type=int, default=100, help="held-out digits to edit")
-    parser.add_argument("--offset", type=int, default=1, help="target class b = (a + offset) % 10")
+    parser.add_argument("--offset", type=int, default=1, help="target class b = (a + offset) %% 10")
     parser.add_argument("--t-data", type=float, default=1e-3)
     parser.add_argument("--t-noise", type=float, default=1.0)
     parser.add_argument("--grid", default=None, help="time grid (default: the run's)")
@@ -158,18 +163,22 @@ def main():
     if args.offset % 10 == 0:
         raise SystemExit("--offset must not be a multiple of 10 (the target would be the source).")
 
-    config, setup, step, params = restore_run(args.workdir)
+    run = open_run(args.workdir)
+    config, method = run.config, run.method
     if (config.data.name != "digits" or config.model.num_classes != 10
-            or config.model.name != "dit" or config.model.precondition != "none"):
+            or not isinstance(config.model, DiTConfig)
+            or not isinstance(method, Denoising) or method.precondition != "none"):
         raise SystemExit(f"{args.workdir} is not a class-conditional DiT run on the 8x8 digits.")
     null = config.model.num_classes
-    # The network with the restored EMA weights (Setup.wrap is the identity without EDM
-    # preconditioning), snapshotted with its attention-value hook.
-    vfn = as_value_model_fn(nnx.merge(setup.graphdef, params, setup.rest))
+    # The network with the restored EMA weights (the method's wrap is the identity without
+    # EDM preconditioning), snapshotted with its attention-value hook; the denoising method
+    # hands it to the samplers as it is, with its prediction kind.
+    vfn, prediction = method.sampling_model(
+        as_value_model_fn(nnx.merge(run.setup.graphdef, run.params, run.setup.rest)))
     model = GuidedValueFn(vfn, null)
-    process, prediction = config.process, config.train.prediction
+    process = run.process
     grid_name = args.grid or config.sample.grid
-    grid = GRIDS[grid_name]
+    grid = REGISTRY.build("grid", grid_name)
     rf2, euler = samplers.RFSolver(order=2), samplers.Euler()
     ends = dict(t_data=args.t_data, t_noise=args.t_noise)
 
@@ -224,9 +233,9 @@ def main():
     # Floor: a fresh class-b sample (same model, guidance, solver and grid) from new noise.
     maybe_guided = lambda m: m if args.guidance == 1.0 else samplers.guided(  # noqa: E731
         m, args.guidance, null)
-    fresh = np.asarray(jax.jit(lambda m, key, cb: samplers.sample(
-        maybe_guided(m), process, rf2, key=key, prediction=prediction, shape=src.shape,
-        num_steps=args.steps, grid=grid, t_start=args.t_noise, t_end=args.t_data, cond=cb,
+    fresh = np.asarray(jax.jit(lambda m, key, cb: method.sample(
+        maybe_guided(m), rf2, key=key, shape=src.shape, num_steps=args.steps, grid=grid,
+        t_start=args.t_noise, t_end=args.t_data, cond=cb,
     ).x)(vfn, jax.random.key(args.seed), yb))
     pred = predict(fresh)
     rows.append({"what": "fresh class-b sample (floor)", "to_b": float(np.mean(pred == b)),
@@ -272,7 +281,7 @@ def main():
     out = Path(args.out) if args.out else workdir / "edit_digits.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "checkpoint_step": step, "judge_held_out_accuracy": held_out, "num_digits": num,
+        "checkpoint_step": run.step, "judge_held_out_accuracy": held_out, "num_digits": num,
         "target": f"(a + {args.offset}) % 10", "solver": "RFSolver(order=2)",
         "steps_per_direction": args.steps, "grid": grid_name, "t_data": args.t_data,
         "t_noise": args.t_noise, "guidance": args.guidance, "judge_sources_in_a": real_b,

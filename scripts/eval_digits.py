@@ -20,20 +20,15 @@ Prints a table and writes ``WORKDIR/eval_digits.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from genflow import samplers
-from genflow.config import GRIDS, make_solver
 from genflow.data import digits_arrays
-from genflow.training import make_sampling, model_fn_from, restore_run
+from genflow.run import open_run
 
 PER_CLASS = 100
 
@@ -60,40 +55,35 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()
-    config, setup, step, params = restore_run(args.workdir)
+    run = open_run(args.workdir)
+    config = run.config
     if config.data.name != "digits" or config.model.num_classes != 10:
         raise SystemExit(f"{args.workdir} is not a class-conditional run on the 8x8 digits.")
-    model_fn = model_fn_from(setup, params)
     clf, held_out = judge()
     print(f"judge: logistic regression, held-out accuracy {held_out:.3f} on 297 real test digits")
 
     rows = []
     for scale in (float(s) for s in args.scales.split(",")):
-        sample = dataclasses.replace(config.sample, num_samples=10 * PER_CLASS, label=-1,
-                                     guidance=scale)
-        _, draw, what = make_sampling(dataclasses.replace(config, sample=sample))
-        x, _ = jax.jit(draw)(model_fn, jax.random.key(args.seed), None)
-        x = np.clip(np.asarray(x), -1.0, 1.0)
+        samples = run.sample(num_samples=10 * PER_CLASS, label=-1, guidance=scale,
+                             seed=args.seed)
+        x = samples.x  # clipped to [-1, 1]
         asked = np.arange(len(x)) % 10
         hit = clf.predict(x.reshape(len(x), -1)) == asked
         rows.append({"guidance": scale, "accuracy": float(hit.mean()),
                      "per_class": [float(hit[asked == c].mean()) for c in range(10)]})
-        print(f"guidance {scale:g}: {hit.mean():.3f} in the requested class ({what})")
+        print(f"guidance {scale:g}: {hit.mean():.3f} in the requested class "
+              f"({samples.description})")
 
     x_test, y_test = digits_arrays("digits", "test")
     known = to_model_units(x_test)
     mask = np.zeros_like(known)
     mask[:, :4] = 1.0  # top half known
     sc = config.sample
-    solver = make_solver(sc.sampler, sc.solver_options)
-    null = jnp.full((len(known),), config.model.num_classes, jnp.int32)
     inpainting = []
     for weight in (float(w) for w in args.reconstruction_weights.split(",")):
-        res = jax.jit(lambda m, key, w=weight: samplers.inpaint(
-            m, config.process, solver, key=key, x_known=jnp.asarray(known),
-            mask=jnp.asarray(mask), prediction=config.train.prediction, num_steps=sc.num_steps,
-            grid=GRIDS[sc.grid], t_start=sc.t_start, t_end=sc.t_end, cond=null,
-            reconstruction_weight=w))(model_fn, jax.random.key(args.seed + 1))
+        # label=None: the model's null class (unconditional); the run's sampler and grid
+        res = run.inpaint(known, mask, reconstruction_weight=weight,
+                          config=run.with_sample(seed=args.seed + 1))
         filled = np.clip(np.asarray(res.x), -1.0, 1.0)
         exact = bool(np.array_equal(filled[:, :4], known[:, :4]))
         agree = float(np.mean(clf.predict(filled.reshape(len(filled), -1)) == y_test))
@@ -112,7 +102,7 @@ def main():
         print(f"| {r['reconstruction_weight']:g} | {r['agreement']:.3f} | {r['known_exact']} |")
     out = Path(args.workdir) / "eval_digits.json"
     out.write_text(json.dumps({
-        "checkpoint_step": step, "judge_held_out_accuracy": held_out, "guidance": rows,
+        "checkpoint_step": run.step, "judge_held_out_accuracy": held_out, "guidance": rows,
         "inpainting": inpainting,
         "sampler": sc.sampler, "num_steps": sc.num_steps, "wall_s": time.perf_counter() - start,
     }, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """One picture of every process: samples of the runs that ``bench_processes.py`` trained.
 
 For each ``runs/bench/processes/NAME`` (trained by ``scripts/bench_processes.py``) it draws
-4096 samples with the config's own sampler and renders one density panel per process, side by
+4096 samples with the run's own sampler (its whole ``sample`` section: options, grid, both
+ends of the time grid, and ``data.scale``) and renders one density panel per process, side by
 side, with the data on the left.
 
     .venv/bin/python scripts/figure_processes.py [--runs runs/bench/processes] [--out docs/processes.png]
@@ -13,15 +14,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
 from PIL import Image
 
-from genflow import samplers
-from genflow.config import GRIDS, make_solver
 from genflow.data import sample_toy
 from genflow.plotting import scatter_png
-from genflow.training import model_fn_from, restore_run
+from genflow.run import open_run
 
 ORDER = ["vp", "subvp", "ve", "edm", "rf", "interpolant"]
 EXTENT = (-3.0, 3.0, -3.0, 3.0)
@@ -44,14 +41,9 @@ def main():
         panels.append(Image.open(scatter_png(Path(tmp) / "data.png", data, size=args.size,
                                              extent=EXTENT, title="data")).convert("L"))
         for name in names:
-            config, setup, _, params = restore_run(runs / name)
-            sc = config.sample
-            x = jax.jit(lambda m, sc=sc, config=config: samplers.sample(
-                m, config.process, make_solver(sc.sampler), key=jax.random.key(1),
-                shape=(4096, 2), prediction=config.train.prediction, num_steps=sc.num_steps,
-                grid=GRIDS[sc.grid], t_end=sc.t_end).x)(model_fn_from(setup, params))
-            title = f"{name}: {sc.sampler}"
-            path = scatter_png(Path(tmp) / f"{name}.png", np.asarray(x), size=args.size,
+            samples = open_run(runs / name).sample(num_samples=4096, seed=1)
+            title = f"{name}: {samples.config.sample.sampler}"
+            path = scatter_png(Path(tmp) / f"{name}.png", samples.x, size=args.size,
                                extent=EXTENT, title=title)
             panels.append(Image.open(path).convert("L"))
         width = sum(p.width for p in panels)
