@@ -1,17 +1,6 @@
-"""Geometric Brownian motion against closed forms written out here, independently.
+"""Geometric Brownian motion against closed forms.
 
-Forward ``dX = mu X dt + sigma X dW`` (t = 0 data, t = 1 noise), so ``log X_t | x0`` is
-``N(log x0 + (mu - sigma^2/2) t, sigma^2 t)``. If ``log X_0`` is the mixture
-``sum_i w_i N(m_i, v0)`` (``v0 = 0``: point masses at ``a_i = e^{m_i}``), then ``log X_t`` is
-the mixture ``sum_i w_i N(m_i(t), v(t))`` with ``m_i(t) = m_i + (mu - sigma^2/2) t`` and
-``v(t) = v0 + sigma^2 t``, and, with responsibilities ``r_i(x) ~ w_i N(log x; m_i(t), v(t))``,
-
-    p_t(x) = (1/x) sum_i w_i N(log x; m_i(t), v(t)),
-    x grad log p_t(x) = -1 - sum_i r_i(x) (log x - m_i(t)) / v(t).
-
-The closed forms are in ``tests/gbm_closed_forms.py``; the reverse samplers
-(``samplers.GBMExponential``, ``samplers.GBMEulerMaruyama``) are tested in
-``tests/samplers/test_gbm_solvers.py``.
+The closed forms (and their derivation) are in tests/gbm_closed_forms.py.
 """
 
 import functools

@@ -1,24 +1,6 @@
-"""Stochastic interpolants between two densities, against closed forms written out here.
+"""Stochastic interpolants between two densities, against closed forms.
 
-Coefficients in genflow's time (data x0 at t = 0), transcribed from Albergo, Boffi &
-Vanden-Eijnden (2023) with s = 1 - t: I = alpha x0 + beta x1 with linear (1 - t, t); trig
-sqrt(1 - g^2) (cos(pi t/2), sin(pi t/2)); encdec cos^2(pi t) ([t < 1/2], [t > 1/2]); mirror
-(1, 0); latent g^2 = a t(1-t), (t(1-t))^2, sin^4(pi t).
-
-Gaussian ends. x0 ~ N(m0, S0), x1 ~ N(m1, S1), z ~ N(0, I) independent, so x_t is Gaussian:
-
-    mu_t = alpha m0 + beta m1,      Sigma_t = alpha^2 S0 + beta^2 S1 + g^2 I.
-
-For a target y jointly Gaussian with x_t, E[y | x_t = x] = E y + Cov(y, x_t) Sigma_t^{-1} (x - mu_t):
-
-    y = dI + g' z:  Cov = alpha' alpha S0 + beta' beta S1 + g g' I   -> b(t, x)
-    y = dI:         Cov = alpha' alpha S0 + beta' beta S1             -> v(t, x)
-    y = z:          Cov = g I   (one-sided: y = x1, Cov = beta S1)    -> eta(t, x)
-    s(t, x) = grad log N(x; mu_t, Sigma_t) = -Sigma_t^{-1} (x - mu_t).
-
-The closed forms are in ``tests/interpolant_closed_forms.py``; generation (the solvers
-``samplers.InterpolantEuler``, ``InterpolantHeun``, ``InterpolantSDE``) is tested in
-``tests/samplers/test_interpolant.py``.
+The closed forms (and their derivation) are in tests/interpolant_closed_forms.py.
 """
 
 import math
