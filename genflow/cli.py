@@ -380,19 +380,11 @@ def _inpaint_mask(spec: str, shape: tuple[int, int, int], seed: int):
 def _run_inpaint(args) -> int:
     import dataclasses
 
-    from genflow import samplers
-    from genflow.run import open_run
+    from genflow.run import check_inpainting, open_run
     from genflow.training import data_shape_of, image_batches
 
     config, workdir = _sample_config(args)
-    method, solver, _ = config.resolved
-    if method.field_class is not samplers.Denoiser or not config.data.images:
-        raise UsageError(f"{workdir} is not an image run on a Gaussian path (data set "
-                         f"{config.data.name!r}, process {type(config.process).__name__}); "
-                         "inpainting needs one.")
-    if isinstance(solver, samplers.AbstractAdaptiveSampler):
-        raise UsageError(f"{config.sample.sampler} is not a fixed-step solver. Inpainting takes a "
-                         "fixed-step sampler such as pc or dpm_solver++_2m.")
+    check_inpainting(config, workdir)
     if args.reconstruction_weight < 0:
         raise UsageError("--reconstruction-weight must be >= 0 (0: plain replacement), got "
                          f"{args.reconstruction_weight}.")

@@ -163,13 +163,20 @@ class Samples:
         np.savez(npz, samples=self.x, samples_raw=self.raw, nfe=self.nfe, sampler=sc.sampler,
                  solver_options=json.dumps(dict(sc.solver_options)), num_steps=sc.num_steps,
                  grid=sc.grid, step=self.step, **extra)
+        self.png(png, reference=reference)
+        return npz, png
+
+    def png(self, path: str | Path, *, reference: np.ndarray | None = None,
+            title: str | None = None) -> Path:
+        """Write the picture: an image grid (one class per row) or a scatter over
+        ``reference`` points, titled ``title`` (default: the data set and the sampler)."""
         if self.images:
             grid, nrow = class_grid(self.x, self.labels, self.config.model.num_classes)
-            image_grid_png(png, grid, nrow=nrow)
+            image_grid_png(path, grid, nrow=nrow)
         else:
-            scatter_png(png, self.x, reference,
-                        title=f"{self.config.data.name}: {self.description}")
-        return npz, png
+            scatter_png(path, self.x, reference,
+                        title=title or f"{self.config.data.name}: {self.description}")
+        return Path(path)
 
 
 def _in_data_range(config: Config, x: np.ndarray) -> np.ndarray:
@@ -261,14 +268,8 @@ class Run:
           :class:`genflow.samplers.SampleResult` of the filled images.
         """
         config = config or self.config
+        check_inpainting(config, self.workdir or "this run")
         method, solver, grid = config.resolved
-        if method.field_class is not samplers.Denoiser or not config.data.images:
-            raise RunError(f"{self.workdir or 'this run'} is not an image run on a Gaussian path "
-                           f"(data set {config.data.name!r}, process "
-                           f"{type(config.process).__name__}); inpainting needs one.")
-        if isinstance(solver, samplers.AbstractAdaptiveSampler):
-            raise RunError(f"sampler {config.sample.sampler} takes adaptive steps; inpainting "
-                           "takes a fixed-step sampler such as pc or dpm_solver++_2m.")
         classes = config.model.num_classes
         x = jnp.asarray(x)
         cond = None
@@ -339,6 +340,19 @@ def toy_quality(run: Run, samples: Samples, reference: np.ndarray) -> list[str]:
                                   floor_reference=run.reference(num, seed + 1))
         lines.append(format_sharpness(report))
     return lines
+
+
+def check_inpainting(config: Config, where: Any = "this run") -> None:
+    """A :class:`RunError` unless ``config`` is an image run on a Gaussian path sampled with a
+    fixed-step solver (what :meth:`Run.inpaint` needs); checked before any compute."""
+    method, solver, _ = config.resolved
+    if method.field_class is not samplers.Denoiser or not config.data.images:
+        raise RunError(f"{where} is not an image run on a Gaussian path (data set "
+                       f"{config.data.name!r}, process {type(config.process).__name__}); "
+                       "inpainting needs one.")
+    if isinstance(solver, samplers.AbstractAdaptiveSampler):
+        raise RunError(f"sampler {config.sample.sampler} takes adaptive steps; inpainting takes "
+                       "a fixed-step sampler such as pc or dpm_solver++_2m.")
 
 
 REGION_MASKS = ("top", "bottom", "left", "right", "center", "random")
@@ -431,14 +445,8 @@ class SampleGrids:
         run = Run(self.config, self.setup, ema_params, step=step)
         run._draws = self._draws
         samples = run.sample()
-        out = self.path(step)
-        if samples.images:
-            grid, nrow = class_grid(samples.x, samples.labels, self.config.model.num_classes)
-            image_grid_png(out, grid, nrow=nrow)
-        else:
-            scatter_png(out, samples.x, self._reference,
-                        title=f"{self.config.data.name}, step {step}: {samples.description}")
-        return out
+        return samples.png(self.path(step), reference=self._reference,
+                           title=f"{self.config.data.name}, step {step}: {samples.description}")
 
 
 def train(config: Config, workdir: str | Path, *, fresh: bool = False, progress: bool = True,
@@ -449,5 +457,5 @@ def train(config: Config, workdir: str | Path, *, fresh: bool = False, progress:
                        snapshot=lambda setup: SampleGrids(config, setup, workdir))
 
 
-__all__ = ["REGION_MASKS", "Run", "RunError", "SampleGrids", "region_mask", "Samples", "Sampling", "check_trained",
+__all__ = ["REGION_MASKS", "Run", "RunError", "SampleGrids", "check_inpainting", "region_mask", "Samples", "Sampling", "check_trained",
            "load_run_config", "open_run", "output_paths", "sample_labels", "sampling", "toy_quality", "train"]

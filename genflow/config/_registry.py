@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -112,7 +111,7 @@ class Registry:
         for key, value in (context or {}).items():
             if key in known and key not in options:
                 options[key] = value
-        if not callable(entry.target) or not inspect.isclass(entry.target):
+        if not inspect.isclass(entry.target):
             return entry.target  # a grid function: no options
         try:
             return entry.target(**entry.fixed, **options)
@@ -140,11 +139,7 @@ class Registry:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and math.isinf(value):
-        return value  # json writes Infinity, which json reads back
-    return value
+    return [_jsonable(v) for v in value] if isinstance(value, tuple) else value
 
 
 # --------------------------------------------------------------------------- the entries
