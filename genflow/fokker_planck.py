@@ -66,6 +66,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from genflow.losses import AbstractWeighting, Uniform, denoising_loss
 from genflow.prediction import Prediction, to_x0_eps
 from genflow.processes._base import AbstractGaussianPath, broadcast_to_data
+from genflow.time_densities import AbstractTimeDensity, UniformTime
 
 DIVERGENCES = ("exact", "hutchinson")
 SCALES = ("normalized", "none")
@@ -321,6 +322,7 @@ def fp_regularized_loss(
     log_density_fn: LogDensityFn | None = None,
     cond: Any = None,
     eps: Array | None = None,
+    time_density: AbstractTimeDensity = UniformTime(),
 ) -> Float[Array, ""]:
     """Denoising loss plus ``weight`` times the Fokker–Planck penalty (:func:`fp_penalty`).
 
@@ -329,9 +331,10 @@ def fp_regularized_loss(
     computed; the collocation points and probes use ``jax.random.fold_in(key, 1)``.
 
     Args:
-      model_fn, process, x0, prediction, weighting, t_min, cond, eps: as in
+      model_fn, process, x0, prediction, weighting, t_min, cond, eps, time_density: as in
         :func:`~genflow.losses.denoising_loss` (``t_min`` is also the lower end of the
-        collocation times).
+        collocation times, which stay uniform on ``[t_min, 1]`` whatever ``time_density``
+        the denoising part draws from).
       key: randomness of both terms.
       weight: ``w`` in ``DSM + w E|R|^2``.
       num_points: collocation points per batch.
@@ -344,7 +347,8 @@ def fp_regularized_loss(
       The scalar loss.
     """
     dsm = denoising_loss(model_fn, process, x0, key=key, prediction=prediction,
-                         weighting=weighting, t_min=t_min, cond=cond, eps=eps)
+                         weighting=weighting, t_min=t_min, cond=cond, eps=eps,
+                         time_density=time_density)
     if isinstance(weight, (int, float)) and weight == 0:
         return dsm
     penalty = fp_penalty(

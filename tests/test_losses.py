@@ -19,7 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genflow.losses import LikelihoodWeighting, Uniform, denoising_loss
+from genflow.losses import (
+    LikelihoodWeighting,
+    MinSNRWeighting,
+    SigmoidWeighting,
+    Uniform,
+    denoising_loss,
+)
 from genflow.prediction import Prediction
 from genflow.processes import VPCosine, VPLinear
 from vp_closed_forms import coefs
@@ -250,3 +256,95 @@ def test_coupled_noise_is_used_as_given():
     alpha, sigma, *_ = (c[:, None] for c in coefs(name, seen["t"]))
     np.testing.assert_allclose(seen["x"], alpha * X0 + sigma * eps, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(loss, np.mean(eps**2), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- Min-SNR, sigmoid
+def _spied(name, kind):
+    """An imperfect network of ``kind`` and a dict that records the (x_t, t) it is fed."""
+    seen = {}
+    exact = exact_model(name, kind)
+
+    def model_fn(x, t, cond=None):
+        seen["x"], seen["t"] = np.asarray(x), np.asarray(t)
+        return exact(x, t) + 0.2 * jnp.sin(3 * x)
+
+    return model_fn, seen
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_min_snr_and_sigmoid_weightings_against_hand_formulas(name):
+    """Min-SNR: min(alpha^2/sigma^2, gamma) mean (x0_hat - x0)^2 (Hang et al. 2023); sigmoid:
+    sigmoid(b - log(alpha^2/sigma^2)) g^2/sigma^2 mean (eps_hat - eps)^2 (Kingma & Gao 2023,
+    full log-SNR, -d logSNR/dt = g^2/sigma^2), with (x0_hat, eps_hat) solved by hand from
+    [alpha sigma; a b] [x0; eps] = [x_t; pred]."""
+    proc = PROCESSES[name]
+    for kind in ("eps", "x0", "v", "velocity", "score"):
+        for weighting in (MinSNRWeighting(gamma=3.0), SigmoidWeighting(bias=1.5)):
+            model_fn, seen = _spied(name, kind)
+            loss = float(denoising_loss(model_fn, proc, X0, key=jax.random.key(8),
+                                        prediction=kind, weighting=weighting, t_min=0.02,
+                                        t_max=0.98))
+            x, t = seen["x"], seen["t"]
+            alpha, sigma, d_alpha, d_sigma, g2 = (c[:, None] for c in coefs(name, t))
+            eps = (x - alpha * X0) / sigma
+            pred = np.asarray(model_fn(x, t))
+            a, b = target_coefs(kind, alpha, sigma, d_alpha, d_sigma)
+            eps_hat = (alpha * pred - a * x) / (alpha * b - a * sigma)
+            x0_hat = (x - sigma * eps_hat) / alpha
+            snr = (alpha / sigma)[:, 0] ** 2
+            if isinstance(weighting, MinSNRWeighting):
+                w, err = np.minimum(snr, 3.0), np.mean((x0_hat - X0) ** 2, axis=1)
+            else:
+                w = g2[:, 0] / sigma[:, 0] ** 2 / (1 + np.exp(-(1.5 - np.log(snr))))
+                err = np.mean((eps_hat - eps) ** 2, axis=1)
+            assert 0.1 < np.mean(snr < 3.0) < 0.9  # both branches of the minimum are taken
+            np.testing.assert_allclose(loss, np.mean(w * err), rtol=1e-9,
+                                       err_msg=f"{kind} {weighting}")
+
+
+def test_min_snr_is_one_objective_for_every_prediction_kind():
+    """The same exact outputs, written as eps, x0 or v (and velocity, score), give the same
+    Min-SNR loss: it is computed on the x0 error through the conversion hub. The plain MSE of
+    each kind differs, so the comparison can tell objectives apart."""
+    proc, key = PROCESSES["cosine"], jax.random.key(12)
+    for weighting in (MinSNRWeighting(), SigmoidWeighting()):
+        got = {kind: float(denoising_loss(exact_model("cosine", kind), proc, X0, key=key,
+                                          prediction=kind, weighting=weighting, t_min=T_MIN))
+               for kind in KINDS}
+        for kind in KINDS:
+            np.testing.assert_allclose(got[kind], got["eps"], rtol=1e-9, err_msg=kind)
+    plain = {kind: float(denoising_loss(exact_model("cosine", kind), proc, X0, key=key,
+                                        prediction=kind, t_min=T_MIN))
+             for kind in ("eps", "x0", "v")}
+    assert abs(plain["eps"] - plain["x0"]) > 0.03 * plain["eps"]
+    assert abs(plain["eps"] - plain["v"]) > 0.03 * plain["eps"]
+
+
+def test_min_snr_and_sigmoid_limits():
+    """gamma -> inf: min(SNR, gamma) SNR^-1 = 1 on the eps error, the plain eps loss;
+    gamma -> 0: gamma times the x0 loss; bias -> inf: sigmoid -> 1, the likelihood weighting."""
+    proc, key = PROCESSES["linear"], jax.random.key(13)
+    def loss(kind, weighting):  # any network: here 0.5 x
+        return float(denoising_loss(lambda x, t, cond=None: 0.5 * x, proc, X0, key=key,
+                                    prediction=kind, weighting=weighting, t_min=T_MIN))
+
+    np.testing.assert_allclose(loss("eps", MinSNRWeighting(gamma=1e30)), loss("eps", Uniform()),
+                               rtol=1e-9)
+    np.testing.assert_allclose(loss("x0", MinSNRWeighting(gamma=1e-6)),
+                               1e-6 * loss("x0", Uniform()), rtol=1e-9)
+    np.testing.assert_allclose(loss("v", SigmoidWeighting(bias=80.0)),
+                               loss("v", LikelihoodWeighting()), rtol=1e-12)
+    assert loss("v", SigmoidWeighting(bias=0.0)) < 0.9 * loss("v", SigmoidWeighting(bias=80.0))
+
+
+def test_new_weightings_are_distinct_pytrees():
+    from genflow.losses import EDMWeighting
+
+    ts = jax.tree_util.tree_structure
+    every = [Uniform(), LikelihoodWeighting(), EDMWeighting(), MinSNRWeighting(),
+             SigmoidWeighting()]
+    assert len({ts(w) for w in every}) == len(every)
+    assert ts(MinSNRWeighting(1.0)) == ts(MinSNRWeighting(5.0))  # gamma is a leaf
+    assert MinSNRWeighting().gamma == 5.0 and SigmoidWeighting().bias == 2.0
+    with pytest.raises(ValueError, match="gamma"):
+        MinSNRWeighting(gamma=0.0)

@@ -98,13 +98,28 @@ def _section_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
+def registry_value_to_json(kind: str, value: Any, context: Mapping[str, Any]) -> Any:
+    """A method's registry-field value for ``config.json``: its name, or ``{"name": NAME,
+    **options}`` when it has options that differ from their defaults and are not the method's
+    own fields of the same name (EDM's ``sigma_data``); a name or dict passes as it is."""
+    if isinstance(value, (str, Mapping)):
+        return dict(value) if isinstance(value, Mapping) else value
+    name = REGISTRY.name_of(kind, value)
+    default = REGISTRY.fields_of(kind, REGISTRY.build(kind, name, context=context))
+    options = {k: v for k, v in REGISTRY.fields_of(kind, value).items()
+               if k not in context and v != default.get(k)}
+    return {"name": name, **options} if options else name
+
+
 def method_to_dict(method: Any) -> dict[str, Any]:
     out = {"name": REGISTRY.name_of("method", method)}
+    context = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)
+               if not f.metadata.get("registry")}
     for name in field_types(type(method)):
         value = getattr(method, name)
         kind = next((f.metadata.get("registry") for f in dataclasses.fields(method)
                      if f.name == name), None)
-        out[name] = REGISTRY.name_of(kind, value) if kind and not isinstance(value, str) else value
+        out[name] = registry_value_to_json(kind, value, context) if kind else value
     return out
 
 
@@ -284,8 +299,13 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
                 raise ConfigError(f"--set {given}=... replaces a whole section only for process, "
                                   "method and model; set a field instead, e.g. train.lr=1e-4.")
             continue
+        if len(parts) == 3 and parts[0] == "method":  # an option of a registry field
+            explicit[".".join(parts[1:])] = (raw, given)
+            continue
         if len(parts) != 2:
-            raise ConfigError(f"config keys look like section.field, got {given!r}.")
+            raise ConfigError(f"config keys look like section.field (or method.FIELD.OPTION for "
+                              f"an option of a method's weighting or time density), got "
+                              f"{given!r}.")
         section_name, field = parts
         if section_name == "method":  # typed and checked once the method's class is final
             explicit[field] = (raw, given)
@@ -322,12 +342,33 @@ def _final_method(method_cls: type, current: Any, explicit: dict[str, tuple[str,
         return current if current is not None else method_cls()
     hints = field_types(method_cls)
     values = {}
+    sub_options = {k: v for k, v in explicit.items() if "." in k}
+    explicit = {k: v for k, v in explicit.items() if "." not in k}
     for field, (raw, given) in explicit.items():
         name = _method_option(method_cls, field)
         if name not in hints:
             raise ConfigError(f"unknown config key {given!r}; options of method "
                               f"{REGISTRY.name_of('method', method_cls())}: {', '.join(hints)}.")
         values[name] = parse_value(raw, hints[name], given)
+    kinds = {f.name: f.metadata.get("registry") for f in dataclasses.fields(method_cls)}
+    for key, (raw, given) in sub_options.items():
+        field, option = key.split(".", 1)
+        if not kinds.get(field):
+            raise ConfigError(f"unknown config key {given!r}: method.{field} has no options "
+                              "(only a method's registry fields do: weighting, time_density).")
+        value = values.get(field, getattr(current, field) if current is not None else
+                           next(f.default for f in dataclasses.fields(method_cls)
+                                if f.name == field))
+        if not isinstance(value, (str, Mapping)):  # an object: its name and options
+            value = {"name": REGISTRY.name_of(kinds[field], value),
+                     **REGISTRY.fields_of(kinds[field], value)}
+        value = {"name": value} if isinstance(value, str) else dict(value)
+        types = REGISTRY.option_types(kinds[field], value["name"])
+        if option not in types:
+            raise ConfigError(f"unknown config key {given!r}; options of {kinds[field]} "
+                              f"{value['name']}: {', '.join(types) or 'none'}.")
+        value[option] = parse_value(raw, types[option], given)
+        values[field] = value
     try:
         return dataclasses.replace(current, **values) if current is not None else method_cls(
             **values)

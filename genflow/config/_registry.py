@@ -1,12 +1,13 @@
 """The one registry: every name a config or the command line can use, mapped to its class.
 
-Kinds: ``process``, ``method``, ``solver``, ``grid``, ``weighting``, ``network``. An entry
-holds the class (or function), the keyword arguments its name fixes (``dpm_solver++_2m`` is
-``DPMSolverMultistep`` with ``order=2, algorithm="dpmsolver++"``), and the types of the
-options that remain, read from the dataclass fields. A name is resolved once, by
-:meth:`Registry.build`, into one object.
+Kinds: ``process``, ``method``, ``solver``, ``grid``, ``weighting``, ``time_density``,
+``network``. An entry holds the class (or function), the keyword arguments its name fixes
+(``dpm_solver++_2m`` is ``DPMSolverMultistep`` with ``order=2, algorithm="dpmsolver++"``), and
+the types of the options that remain, read from the dataclass fields. A name is resolved once,
+by :meth:`Registry.build`, into one object.
 
-Adding a process, method, solver, grid, weighting or network is one ``register`` line below.
+Adding a process, method, solver, grid, weighting, time density or network is one ``register``
+line below.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from genflow import losses, methods, processes, samplers
+from genflow import losses, methods, processes, samplers, time_densities
 from genflow.config import _networks as networks
 from genflow.config._errors import ConfigError
 from genflow.config._types import check_type, field_types
 
 
-KINDS = ("process", "method", "solver", "grid", "weighting", "network")
+KINDS = ("process", "method", "solver", "grid", "weighting", "time_density", "network")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +230,17 @@ register("grid", "karras", samplers.karras, doc="Karras et al.'s rho = 7 grid")
 register("weighting", "uniform", losses.Uniform, doc="plain MSE")
 register("weighting", "likelihood", losses.LikelihoodWeighting, doc="g^2 / sigma^2 on eps")
 register("weighting", "edm", losses.EDMWeighting, doc="EDM's weight (sigma_data from the method)")
+register("weighting", "min_snr", losses.MinSNRWeighting, doc="min(SNR, 5) on x0 (Min-SNR)")
+register("weighting", "sigmoid", losses.SigmoidWeighting,
+         doc="sigmoid(2 - log SNR) on the ELBO's eps loss (Kingma & Gao)")
+
+register("time_density", "uniform", time_densities.UniformTime, doc="t uniform in [t_min, 1]")
+register("time_density", "log_normal", time_densities.LogNormalNoise,
+         doc="EDM's log-normal noise level, ln s ~ N(-1.2, 1.2^2)")
+register("time_density", "logit_normal", time_densities.LogitNormalTime,
+         doc="SD3's logit-normal t, logit t ~ N(0, 1)")
+register("time_density", "log_uniform", time_densities.LogUniformNoise,
+         doc="noise level log-uniform over [t_min, 1]")
 
 register("network", "mlp", networks.MLPConfig, doc="residual MLP (flat data)")
 register("network", "unet", networks.UNetConfig, doc="DDPM++-style U-Net (images)")

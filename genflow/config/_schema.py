@@ -117,14 +117,23 @@ def resolve_method(method: AbstractMethod, process: Any, **context: Any) -> Abst
     built = {}
     for f in dataclasses.fields(method):
         kind = f.metadata.get("registry")
-        if kind and isinstance(values[f.name], str):
-            built[f.name] = REGISTRY.build(kind, values[f.name], context=values)
+        if kind and isinstance(values[f.name], (str, Mapping)):  # a name, or name + options
+            built[f.name] = _build_registry_value(kind, values[f.name], values)
     try:
         return dataclasses.replace(method, **built).bind(process, **context)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _build_registry_value(kind: str, value: Any, context: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        return REGISTRY.build(kind, value, context=context)
+    if "name" not in value:
+        raise ConfigError(f"a {kind} given as a mapping needs its 'name', got {dict(value)!r}.")
+    options = {k: v for k, v in value.items() if k != "name"}
+    return REGISTRY.build(kind, value["name"], options, context=context)
 
 
 def default_method(process: Any) -> AbstractMethod:

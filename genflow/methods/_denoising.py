@@ -8,7 +8,7 @@ from typing import Any
 
 from jaxtyping import Array, PRNGKeyArray
 
-from genflow import fokker_planck, losses, samplers
+from genflow import fokker_planck, losses, samplers, time_densities
 from genflow.methods._base import AbstractMethod, Batch, bound_field, check_time_range, finite_sde, registry_field
 from genflow.prediction import Prediction
 from genflow.processes import AbstractGaussianPath, edm_precondition
@@ -21,8 +21,9 @@ FP_DIVERGENCES = ("exact", "hutchinson")
 class Denoising(AbstractMethod):
     """Denoising score matching on any Gaussian path ``x_t = alpha_t x0 + sigma_t eps``.
 
-    The loss is :func:`genflow.losses.denoising_loss` with ``t ~ U[t_min, 1]`` and the named
-    weighting; with ``fp_weight > 0`` the Fokker-Planck residual of the score is added
+    The loss is :func:`genflow.losses.denoising_loss` with ``t`` in ``[t_min, 1]`` drawn from
+    the named time density (uniform by default) and the named weighting; with
+    ``fp_weight > 0`` the Fokker-Planck residual of the score is added
     (:func:`genflow.fokker_planck.fp_regularized_loss`). Every Gaussian-path solver of
     :mod:`genflow.samplers` samples it; coupled (data, noise) pairs (reflow) train it too.
 
@@ -30,9 +31,13 @@ class Denoising(AbstractMethod):
       prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"v"``, ``"velocity"`` or
         ``"score"``.
       weighting: the loss weighting's registry name (``"uniform"``, ``"likelihood"``,
-        ``"edm"``) or a :class:`genflow.losses.AbstractWeighting`; a weighting with a
-        ``sigma_data`` field gets this method's :attr:`sigma_data`.
+        ``"edm"``, ``"min_snr"``, ``"sigmoid"``) or a :class:`genflow.losses.AbstractWeighting`;
+        a weighting with a ``sigma_data`` field gets this method's :attr:`sigma_data`.
       t_min: the smallest training time.
+      time_density: where the training times are drawn, passed to the loss: the registry name
+        of a :class:`genflow.time_densities.AbstractTimeDensity` (``"uniform"``, the default and
+        the draw of earlier versions; ``"log_normal"``, EDM's; ``"logit_normal"``, SD3's;
+        ``"log_uniform"``, log-uniform in the noise level) or such an object.
       precondition: ``"edm"`` wraps the network in EDM's preconditioning (``c_skip``,
         ``c_out``, ``c_in``, ``c_noise``), which predicts ``x0``; ``"none"``: the bare network.
       sigma_data: the data's standard deviation, for EDM's preconditioning and EDM's weighting
@@ -49,6 +54,7 @@ class Denoising(AbstractMethod):
     prediction: str = "eps"
     weighting: Any = registry_field("weighting", "uniform")
     t_min: float = 1e-5
+    time_density: Any = registry_field("time_density", "uniform")
     precondition: str = "none"
     sigma_data: float = 0.5
     fp_weight: float = 0.0
@@ -92,6 +98,14 @@ class Denoising(AbstractMethod):
                     "method.sigma_data."
                 )
 
+    def bind(self, process: Any, **context: Any) -> Denoising:
+        method = self
+        if isinstance(self.time_density, str) and self.time_density == "uniform":
+            # The default, so that a method made without the config layer (which builds every
+            # registry name) trains as before: Denoising(weighting=losses.Uniform()).bind(p).
+            method = dataclasses.replace(self, time_density=time_densities.UniformTime())
+        return super(Denoising, method).bind(process, **context)
+
     @property
     def kind(self) -> Prediction:
         return Prediction.parse(self.prediction)
@@ -106,6 +120,11 @@ class Denoising(AbstractMethod):
         if not isinstance(self.weighting, losses.AbstractWeighting):
             raise TypeError(f"weighting {self.weighting!r} was not built; bind a method whose "
                             "weighting is an AbstractWeighting (the config layer builds it).")
+        if not isinstance(self.time_density, time_densities.AbstractTimeDensity):
+            raise TypeError(f"time_density {self.time_density!r} was not built; bind a method "
+                            "whose time_density is an AbstractTimeDensity (the config layer "
+                            "builds it).")
+        self.time_density.check(self.process, self.t_min, 1.0)
         if self.fp_weight > 0 and not finite_sde(self.process, self.t_min):
             raise ValueError(
                 "method.fp_weight > 0 needs a Gaussian path whose forward SDE is finite on "
@@ -126,7 +145,8 @@ class Denoising(AbstractMethod):
 
     def loss(self, model_fn: Callable, batch: Batch, key: PRNGKeyArray) -> Array:
         common = dict(key=key, prediction=self.kind, weighting=self.weighting, t_min=self.t_min,
-                      cond=batch.get("cond"), eps=batch.get("eps"))
+                      cond=batch.get("cond"), eps=batch.get("eps"),
+                      time_density=self.time_density)
         if self.fp_weight > 0:  # DSM + w E|R|^2 (see genflow.fokker_planck)
             return fokker_planck.fp_regularized_loss(
                 model_fn, self.process, batch["x"], weight=self.fp_weight,
