@@ -1,4 +1,4 @@
-"""Command line: ``genflow train | sample | inpaint | evaluate | reflow | data prepare``.
+"""Command line: ``genflow train | sample | inpaint | evaluate | ema | reflow | data prepare``.
 
 Every usage problem (a missing file, an unknown key, a bad value, a run without a
 checkpoint) is reported as one line on stderr with exit status 2, before anything is
@@ -8,6 +8,7 @@ compiled.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,8 +22,132 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+_WEIGHTS_HELP = ("ema (the EMA trained with the run), raw, or sigma_rel=S (a post-hoc EMA "
+                 "written by `genflow ema --sigma-rel S`)")
+
+
+def _weights(text: str) -> str:
+    from genflow.training import parse_weights
+
+    try:
+        parse_weights(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "many hosts", "one process per host (or per GPU); without these flags a job described by "
+        "the environment (SLURM, a Cloud TPU pod, JAX_COORDINATOR_ADDRESS) is joined, else the "
+        "run uses this process's devices")
+    group.add_argument("--distributed", action="store_true",
+                       help="join the job JAX's cluster detection finds (SLURM, Cloud TPU pods, "
+                       "JAX_COORDINATOR_ADDRESS ...) even where genflow does not recognise it")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0, where the coordination service listens")
+    group.add_argument("--num-processes", type=int, default=None, metavar="N",
+                       help="number of processes in the job")
+    group.add_argument("--process-id", type=int, default=None, metavar="I",
+                       help="this process's rank, 0 to N-1 (0 prints and writes the logs)")
+    group.add_argument("--connect-timeout", type=int, default=300, metavar="SECONDS",
+                       help="give up joining the job after this long (default 300)")
+    group.add_argument("--heartbeat-timeout", type=int, default=100, metavar="SECONDS",
+                       help="declare a silent process dead after this long and stop the job "
+                       "(default 100)")
+
+
+_SUPERVISED = "GENFLOW_SUPERVISED"  # set in the process a supervising `genflow train` starts
+_JAX_FATAL = (b"JAX distributed service detected fatal errors", b"coordination_service")
+_GLOG_NOISE = (b"*** Check failure stack trace", b"[Gloo] ")
+
+
+def _in_job(args) -> bool:
+    from genflow.training._sharding import cluster_in_environment
+
+    return args.coordinator is not None or args.distributed or cluster_in_environment()
+
+
+def _die_with_parent() -> None:  # Linux: the training process never outlives its supervisor
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _supervise(args) -> int:
+    """Run this ``genflow train`` of a multi-process job in a child process and turn the way
+    JAX ends a process whose job failed (an abort with a C++ stack trace, when the coordinator
+    never answers or another process dies) into one line and an exit status: 2 when the job
+    could not be joined, 1 when it was lost while training. Everything else the child writes
+    passes through; SIGTERM is passed on (Ctrl-C reaches the child directly)."""
+    import os
+    import re
+    import signal
+    import subprocess
+
+    env = {**os.environ, _SUPERVISED: "1", "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "genflow.cli", *args.argv], env=env,
+                             stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                              lambda *_: child.send_signal(signal.SIGTERM)),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    failure, pending = b"", b""
+    try:
+        while chunk := os.read(child.stderr.fileno(), 1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if failure or any(m in line for m in _JAX_FATAL):
+                    failure += line + b"\n"  # JAX's own account, summarised below
+                elif not any(m in line for m in _GLOG_NOISE):
+                    sys.stderr.buffer.write(line + b"\n")
+            if b"\r" in pending and not failure:  # a progress bar: show it now
+                sys.stderr.buffer.write(pending)
+                pending = b""
+            sys.stderr.buffer.flush()
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not failure:
+        return code if code >= 0 else 128 - code
+    text = failure.decode(errors="replace")
+    where = args.coordinator or "the environment's coordinator"
+    if "RegisterTask" in text or ("Barrier" in text and "heartbeat" not in text):
+        print(f"genflow: error: could not join the job at {where} within "
+              f"{args.connect_timeout} s; start every process with the same --coordinator and "
+              "--num-processes, and check that the host and port are reachable.",
+              file=sys.stderr)
+        return 2
+    lost = re.search(r"stopped sending heartbeats\):\s*([\d,\s]+?)\s*\n", text)
+    who = f"process {lost.group(1).strip()}" if lost else "another process"
+    workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+    kept = (f"the checkpoint of step {steps[-1]} in {workdir / 'checkpoints'} is kept"
+            if steps else "no checkpoint had been written yet")
+    print(f"genflow: error: the job lost {who} (no heartbeat for {args.heartbeat_timeout} s) "
+          f"and this process stopped; {kept}: rerun every process with the same command to "
+          "resume.", file=sys.stderr)
+    return 1
+
+
+def _join_job(args) -> None:
+    """Join a multi-process job if the flags or the environment describe one; before any
+    device is used."""
+    from genflow.training import initialize_distributed
+
+    if args.connect_timeout < 1 or args.heartbeat_timeout < 1:
+        raise UsageError("--connect-timeout and --heartbeat-timeout must be positive.")
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                           timeout=args.connect_timeout, heartbeat_timeout=args.heartbeat_timeout,
+                           from_environment=args.distributed)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    from genflow.config import help_list
+    from genflow.config import COMPUTE_DTYPES, help_list
 
     parser = _Parser(prog="genflow", description="Diffusion and flow generative models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -36,6 +161,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--fresh", action="store_true", help="discard an existing run in --workdir")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_distributed_flags(tr)
 
     sa = sub.add_parser("sample", help="draw samples from a trained run")
     sa.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
@@ -64,7 +190,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="class-conditional models: classifier-free guidance scale 1 + w "
                     "(1: the conditional model alone; default: the config's)")
     sa.add_argument("--seed", type=int, default=None, help="random seed")
-    sa.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
+    sa.add_argument("--weights", type=_weights, default="ema", help=_WEIGHTS_HELP)
+    sa.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
+                    help="the network's arithmetic while sampling (the sampler stays float32)")
     sa.add_argument(
         "--out", default=None,
         help="output path; FILE.png and FILE.npz are written (default: WORKDIR/samples)",
@@ -94,7 +222,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--steps", type=int, default=None, help="number of solver steps")
     ip.add_argument("--grid", default=None, help=f"time grid: {help_list('grid')}")
     ip.add_argument("--seed", type=int, default=None, help="random seed")
-    ip.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
+    ip.add_argument("--weights", type=_weights, default="ema", help=_WEIGHTS_HELP)
+    ip.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
+                    help="the network's arithmetic (the sampler stays float32)")
     ip.add_argument("--out", default=None,
                     help="output path; FILE.png (rows: originals, inputs, results) and FILE.npz "
                     "are written (default: WORKDIR/inpaint)")
@@ -115,11 +245,25 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="samples and held-out points (default: the config's num_samples; "
                     "images: 1000 samples against the test split)")
     ev.add_argument("--seed", type=int, default=0, help="random seed")
-    ev.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights")
+    ev.add_argument("--weights", type=_weights, default="ema", help=_WEIGHTS_HELP)
+    ev.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
+                    help="the network's arithmetic while sampling (the sampler stays float32)")
     ev.add_argument("--probes", type=int, default=1,
                     help="Hutchinson probes per image for nll on images (default 1)")
     ev.add_argument("--inception", default=None, metavar="FILE.npz",
                     help="FID Inception-v3 weights (see scripts/convert_fid_inception.py)")
+
+    em = sub.add_parser(
+        "ema",
+        help="EDM2's post-hoc EMA: reconstruct the EMA of any sigma_rel from the snapshots of "
+        "the power-function EMA profiles a run stored (train.ema_profiles, ema_snapshot_every)",
+    )
+    em.add_argument("--workdir", required=True, help="run directory written by `genflow train`")
+    em.add_argument("--sigma-rel", dest="sigma_rel", type=float, action="append", required=True,
+                    help="relative standard deviation of the EMA to build, e.g. 0.05 "
+                    "(repeatable)")
+    em.add_argument("--step", type=int, default=None,
+                    help="the training step to reconstruct at (default: the latest snapshot)")
 
     rf = sub.add_parser(
         "reflow",
@@ -168,11 +312,25 @@ def _run_train(args) -> int:
     from genflow import config as cfg
     from genflow.training import check_workdir_compatible
 
+    if not Path(args.config).is_file():
+        raise UsageError(f"config file not found: {args.config}")
+    if _in_job(args) and os.environ.get(_SUPERVISED) != "1":
+        from genflow.training._sharding import check_distributed_args
+
+        check_distributed_args(args.coordinator, args.num_processes, args.process_id)
+        return _supervise(args)
+    _join_job(args)  # before anything touches a device (loading a config computes)
     config = cfg.apply_overrides(cfg.load_config_file(args.config), args.overrides)
     workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
     if not args.fresh:
         check_workdir_compatible(config, workdir)
-    print(f"training {type(config.process).__name__} on {config.data.name} in {workdir}")
+    import jax
+
+    if jax.process_index() == 0:
+        where = (f"{jax.device_count()} {jax.devices()[0].platform} devices"
+                 + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+        print(f"training {type(config.process).__name__} on {config.data.name} in {workdir} "
+              f"({where})")
     return _train_until_done(config, workdir, fresh=args.fresh, progress=not args.no_progress)
 
 
@@ -189,7 +347,10 @@ def _train_until_done(config, workdir: Path, *, fresh: bool, progress: bool) -> 
         print(f"interrupted; {saved} in {workdir / 'checkpoints'}. Run the same command to "
               "resume.", file=sys.stderr)
         return 130
-    print(f"done: {config.train.num_steps} steps; checkpoints in {workdir}/checkpoints")
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"done: {config.train.num_steps} steps; checkpoints in {workdir}/checkpoints")
     return 0
 
 
@@ -281,7 +442,7 @@ def _run_sample(args) -> int:
     out = Path(args.out) if args.out else workdir / "samples"
     from genflow.run import open_run, sampling, toy_quality
 
-    run = open_run(workdir, weights=args.weights, config=config)
+    run = open_run(workdir, weights=args.weights, config=config, compute_dtype=args.dtype)
     sc = config.sample
     options = ",".join(f"{k}={v}" for k, v in sc.solver_options.items())
     options = f" [{options}]" if options else ""
@@ -318,7 +479,7 @@ def _run_evaluate(args) -> int:
     bar = tqdm(total=len(metrics), unit="metric", dynamic_ncols=True)
     results, info = evaluate.evaluate_run(
         workdir, metrics, num=args.num, seed=args.seed, weights=args.weights,
-        num_probes=args.probes, inception=args.inception,
+        compute_dtype=args.dtype, num_probes=args.probes, inception=args.inception,
         progress=lambda message: (bar.set_description(message), bar.update(0)),
     )
     bar.update(len(metrics))
@@ -405,7 +566,7 @@ def _run_inpaint(args) -> int:
                                random_flip=False)
     batch = image_batches(dataclasses.replace(config, data=data)).batch(0)
     x, labels = np.asarray(batch["x"]), np.asarray(batch["label"])
-    run = open_run(workdir, weights=args.weights, config=config)
+    run = open_run(workdir, weights=args.weights, config=config, compute_dtype=args.dtype)
     sc = config.sample
     what = "colouring" if mask is None else f"inpainting ({args.mask})"
     print(f"{what} {args.num} {args.split} images with {sc.sampler}, {sc.num_steps} steps "
@@ -429,15 +590,35 @@ def _run_inpaint(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- ema
+def _run_ema(args) -> int:
+    from genflow.run import check_trained, load_run_config
+    from genflow.training import posthoc_ema
+
+    workdir = Path(args.workdir)
+    load_run_config(workdir)
+    check_trained(workdir)
+    for sigma_rel in args.sigma_rel:
+        result = posthoc_ema(workdir, sigma_rel, step=args.step)
+        print(f"sigma_rel {sigma_rel:g} at step {result.step}: {result.num_snapshots} snapshots "
+              f"of the profiles {', '.join(f'{s:g}' for s in result.profiles)}, kernel residual "
+              f"{result.residual:.1e} (relative L2); wrote {result.path}")
+        print(f"  sample it with `genflow sample --workdir {workdir} --weights "
+              f"sigma_rel={sigma_rel:g}`")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genflow`` console script."""
     parser = _build_parser()
     commands = {"train": _run_train, "reflow": _run_reflow, "data": _run_data,
-                "inpaint": _run_inpaint, "evaluate": _run_evaluate, "sample": _run_sample}
+                "inpaint": _run_inpaint, "evaluate": _run_evaluate, "sample": _run_sample,
+                "ema": _run_ema}
     from genflow.config import ConfigError
 
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return commands[args.command](args)
     except (UsageError, ConfigError) as exc:
         print(f"genflow: error: {exc}", file=sys.stderr)

@@ -114,6 +114,7 @@ def evaluate_run(
     num: int | None = None,
     seed: int = 0,
     weights: str = "ema",
+    compute_dtype: str = "float32",
     num_probes: int = 1,
     inception: str | None = None,
     cache_dir: str | Path | None = None,
@@ -127,7 +128,8 @@ def evaluate_run(
       num: number of samples and of held-out points (default: ``config.sample.num_samples``
         for 2-D data; for images 1000 samples against the whole test split).
       seed: seed of the samples, the reference draws and the dequantisation/probes.
-      weights: ``"ema"`` or ``"raw"`` parameters.
+      weights: ``"ema"``, ``"raw"`` or ``"sigma_rel=S"`` (a post-hoc EMA) parameters.
+      compute_dtype: the network's arithmetic while sampling (``"float32"``, ``"bfloat16"``).
       num_probes: Hutchinson probes per image for ``nll`` on images (2-D data use the exact
         divergence).
       inception: path of the FID Inception-v3 weights (``.npz``); ``None``: the fallback
@@ -150,7 +152,7 @@ def evaluate_run(
     if num < 2:
         raise ConfigError(f"--num must be at least 2, got {num}.")
 
-    run = open_run(workdir, weights=weights)
+    run = open_run(workdir, weights=weights, compute_dtype=compute_dtype)
     config, model_fn = run.config, run.model_fn
     real, floor_real = _real_data(config, num, seed)
     info = {"checkpoint_step": run.step, "weights": weights, "num_reference": len(real)}

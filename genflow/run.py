@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from genflow import samplers
-from genflow.config import Config, ConfigError, load_config_json, replace_sample
+from genflow.config import COMPUTE_DTYPES, Config, ConfigError, load_config_json, replace_sample
 from genflow.plotting import class_grid, image_grid_png, scatter_png
 from genflow.training import (
     CHECKPOINT_DIR,
@@ -37,11 +38,13 @@ from genflow.training import (
     data_shape_of,
     has_checkpoint,
     model_fn_from,
+    parse_weights,
     reference_data,
     restore_run,
     source_data,
 )
 from genflow.training import train as _train_loop
+from genflow.training._sharding import batch_sharding, make_mesh, replicated
 
 IMAGE_RANGE = (-1.0, 1.0)  # image data sets arrive in [-1, 1]
 _SNAPSHOT_IMAGES = 100
@@ -196,17 +199,20 @@ class Run:
       params: the weights (EMA or raw).
       step: the checkpoint step of ``params``.
       workdir: the run directory, if any.
-      weights: ``"ema"`` or ``"raw"``.
+      weights: ``"ema"``, ``"raw"`` or ``"sigma_rel=S"``.
     """
 
     def __init__(self, config: Config, setup: Setup, params: Any, *, step: int,
-                 workdir: str | Path | None = None, weights: str = "ema"):
+                 workdir: str | Path | None = None, weights: str = "ema",
+                 compute_dtype: str = "float32", devices: list | None = None):
         self.config = config
         self.setup = setup
         self.params = params
         self.step = step
         self.workdir = None if workdir is None else Path(workdir)
         self.weights = weights
+        self.compute_dtype = compute_dtype
+        self.devices = jax.local_devices() if devices is None else list(devices)
         self._draws: dict[str, Callable] = {}
 
     @property
@@ -221,7 +227,7 @@ class Run:
     @property
     def model_fn(self):
         """The network with these weights as a pure ``model_fn`` (a pytree for ``jax.jit``)."""
-        return model_fn_from(self.setup, self.params)
+        return model_fn_from(self.setup, self.params, compute_dtype=self.compute_dtype)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -241,11 +247,18 @@ class Run:
         (from :meth:`with_sample`). The draw function is compiled once per sample section."""
         config = config or self.with_sample(**changes)
         plan = sampling(config)
-        key = repr(config.sample)
+        mesh = sample_mesh(self.devices, config.sample.num_samples)
+        key = (repr(config.sample), mesh.size)
         if key not in self._draws:
-            self._draws[key] = jax.jit(plan.draw)
+            self._draws[key] = jax.jit(
+                plan.draw, out_shardings=(batch_sharding(mesh, leading=0), replicated(mesh)))
         start = plan.x_init if x_init is None else x_init
-        x, nfe = self._draws[key](self.model_fn, jax.random.key(config.sample.seed), start)
+        model_fn = self.model_fn
+        if mesh.size > 1:  # the weights on every device, the samples split over them
+            model_fn = jax.device_put(model_fn, replicated(mesh))
+            if start is not None:
+                start = jax.device_put(jnp.asarray(start), batch_sharding(mesh, leading=0))
+        x, nfe = self._draws[key](model_fn, jax.random.key(config.sample.seed), start)
         raw = np.asarray(jax.device_get(x))
         return Samples(_in_data_range(config, raw), raw, int(nfe), plan.labels,
                        plan.description, config, self.step)
@@ -315,6 +328,14 @@ class Run:
         drawn = [jax.device_get(pairs(self.model_fn, k)) for k in keys]
         return (np.concatenate([d[0] for d in drawn])[:num],
                 np.concatenate([d[1] for d in drawn])[:num])
+
+
+def sample_mesh(devices: list, num: int) -> Mesh:
+    """The devices a batch of ``num`` samples is split over: the most of ``devices`` that
+    divide ``num`` (every device draws whole samples; the samples do not depend on how many,
+    since JAX's random numbers do not depend on the layout)."""
+    n = max(d for d in range(1, len(devices) + 1) if num % d == 0)
+    return make_mesh(devices[:n])
 
 
 def toy_quality(run: Run, samples: Samples, reference: np.ndarray) -> list[str]:
@@ -398,25 +419,35 @@ def check_trained(workdir: str | Path) -> None:
                        f"with `genflow train --workdir {workdir} ...`.")
 
 
-def open_run(workdir: str | Path, *, weights: str = "ema", config: Config | None = None) -> Run:
+def open_run(workdir: str | Path, *, weights: str = "ema", config: Config | None = None,
+             compute_dtype: str = "float32") -> Run:
     """Open the run in ``workdir`` with the weights of its latest checkpoint.
 
     Only the step and the requested weights are read, not the optimizer state.
 
     Args:
       workdir: a run directory written by ``genflow train``.
-      weights: ``"ema"`` (the exponential moving average) or ``"raw"``.
+      weights: ``"ema"`` (the exponential moving average), ``"raw"``, or ``"sigma_rel=S"``
+        (a post-hoc EMA written by ``genflow ema``).
       config: the run's config with changed ``sample`` settings (from
         :func:`load_run_config` and :func:`genflow.config.replace_sample`); default: the saved
         one.
+      compute_dtype: the network's arithmetic when sampling: ``"float32"`` or ``"bfloat16"``
+        (the sampler's own arithmetic stays in float32).
     """
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise RunError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got "
+                       f"{compute_dtype!r}.")
+    try:
+        parse_weights(weights)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     workdir = Path(workdir)
     config = config or load_run_config(workdir)
     check_trained(workdir)
     config, setup, step, params = restore_run(workdir, weights=weights, config=config)
-    return Run(config, setup, params, step=step, workdir=workdir, weights=weights)
+    return Run(config, setup, params, step=step, workdir=workdir, weights=weights,
+               compute_dtype=compute_dtype)
 
 
 # ------------------------------------------------------------------------ training
@@ -458,4 +489,4 @@ def train(config: Config, workdir: str | Path, *, fresh: bool = False, progress:
 
 
 __all__ = ["REGION_MASKS", "Run", "RunError", "SampleGrids", "check_inpainting", "region_mask", "Samples", "Sampling", "check_trained",
-           "load_run_config", "open_run", "output_paths", "sample_labels", "sampling", "toy_quality", "train"]
+           "load_run_config", "open_run", "output_paths", "sample_labels", "sample_mesh", "sampling", "toy_quality", "train"]

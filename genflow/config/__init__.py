@@ -4,7 +4,8 @@
   :class:`TrainConfig`, :class:`SampleConfig`) and :class:`Config`, which checks how they fit
   and resolves every name once (:attr:`Config.resolved`).
 * :mod:`._registry`: :data:`REGISTRY`, names -> classes for processes, methods, solvers, grids,
-  loss weightings and networks, with option types read from the dataclass fields.
+  loss weightings, time densities and networks, with option types read from the dataclass
+  fields.
 * :mod:`._io`: ``configs/NAME.py`` files, ``config.json`` (both formats) and ``--set``.
 """
 
@@ -29,6 +30,7 @@ from genflow.config._networks import (
 )
 from genflow.config._registry import REGISTRY as REGISTRY, Registry as Registry, help_list as help_list
 from genflow.config._types import parse_options as parse_options, parse_value as parse_value
+from genflow.config._sections import COMPUTE_DTYPES as COMPUTE_DTYPES
 from genflow.config._schema import (
     Config as Config,
     DataConfig as DataConfig,
@@ -58,7 +60,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "REGISTRY", "Config", "ConfigError", "DataConfig", "Denoising", "DiTConfig", "GBM",
+    "COMPUTE_DTYPES", "REGISTRY", "Config", "ConfigError", "DataConfig", "Denoising", "DiTConfig", "GBM",
     "Interpolant", "MLPConfig", "MOVED", "NetworkConfig", "Registry", "Resolved", "SampleConfig",
     "TrainConfig", "UNetConfig", "apply_overrides", "config_from_dict", "config_to_dict",
     "default_method", "help_list", "is_image_dataset", "load_config_file", "load_config_json",

@@ -11,6 +11,8 @@ from genflow.config._types import check_type, field_types
 from genflow.data import DIGITS_DATASETS, TOY_DATASETS
 
 LR_DECAYS = ("cosine", "constant")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
 def _choose(kind: str, value: str, names) -> None:
@@ -131,7 +133,25 @@ class TrainConfig:
     Attributes:
       num_steps, lr, warmup_steps, lr_decay, weight_decay, grad_clip: AdamW with linear
         warm-up, then cosine decay to ``lr / 100`` or a constant rate; global-norm clipping.
-      ema_decay: decay of the parameters' exponential moving average.
+      ema_decay: decay of the parameters' exponential moving average (its largest value
+        with a warm-up).
+      ema_warmup: k-diffusion's EMA warm-up power ``p`` (0: off): the decay after step ``s``
+        is ``min(ema_decay, 1 - (1 + s)^-p)``, so early averages forget the initial weights
+        (2/3 suits long runs, 3/4 shorter ones).
+      ema_profiles: EDM2's power-function EMAs tracked beside the main one, by their
+        relative standard deviation ``sigma_rel`` (e.g. ``(0.05, 0.10)``); with
+        ``ema_snapshot_every`` their snapshots let ``genflow ema`` reconstruct the EMA of any
+        other ``sigma_rel`` after training (post-hoc EMA).
+      ema_snapshot_every: every this many steps the profiles are stored in
+        ``WORKDIR/ema_snapshots`` (all kept; 0: never).
+      accumulate: split each step's batch of ``data.batch_size`` into this many
+        micro-batches that the network sees one after another (the backward pass recomputes
+        each): the same update as one step on the whole batch, to round-off, at the
+        activation memory of one micro-batch.
+      compute_dtype: the network's arithmetic: ``"float32"``, or ``"bfloat16"`` with float32
+        parameters, EMA, optimizer state, loss and schedule coefficients.
+      param_sharding: ``"replicated"`` (every device holds the whole state) or ``"fsdp"``
+        (each large parameter, its EMA and its optimizer moments split over the devices).
       steps_per_dispatch: optimizer steps per compiled dispatch (``lax.scan``).
       log_every, checkpoint_every, keep_checkpoints: cadence of ``metrics.jsonl`` records and
         checkpoints, and how many checkpoints are kept.
@@ -149,6 +169,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: float = 0.0
+    ema_profiles: tuple[float, ...] = ()
+    ema_snapshot_every: int = 0
+    accumulate: int = 1
+    compute_dtype: str = "float32"
+    param_sharding: str = "replicated"
     steps_per_dispatch: int = 50
     log_every: int = 100
     checkpoint_every: int = 1000
@@ -159,12 +185,31 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_fields(self, "train")
+        # config.json stores tuples as lists
+        object.__setattr__(self, "ema_profiles", tuple(float(v) for v in self.ema_profiles))
         _positive("train", num_steps=self.num_steps, lr=self.lr, grad_clip=self.grad_clip,
                   steps_per_dispatch=self.steps_per_dispatch, log_every=self.log_every,
-                  checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints)
+                  checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+                  accumulate=self.accumulate)
         _non_negative("train", warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
-                      sample_every=self.sample_every)
+                      sample_every=self.sample_every, ema_warmup=self.ema_warmup,
+                      ema_snapshot_every=self.ema_snapshot_every)
         _choose("learning-rate decay", self.lr_decay, LR_DECAYS)
+        _choose("compute dtype (train.compute_dtype)", self.compute_dtype, COMPUTE_DTYPES)
+        _choose("parameter sharding (train.param_sharding)", self.param_sharding,
+                PARAM_SHARDINGS)
+        for sigma_rel in self.ema_profiles:
+            if not 0.0 < sigma_rel < 0.28:  # sigma_rel -> 0.2887 as gamma -> -1
+                raise ConfigError(f"train.ema_profiles: each sigma_rel must lie in (0, 0.28), "
+                                  f"got {sigma_rel}.")
+        if self.ema_snapshot_every and not self.ema_profiles:
+            raise ConfigError("train.ema_snapshot_every stores the EMA profiles; name them with "
+                              "train.ema_profiles, e.g. --set 'train.ema_profiles=(0.05, 0.1)'.")
+        if self.ema_snapshot_every % self.steps_per_dispatch:
+            raise ConfigError(
+                f"train.ema_snapshot_every ({self.ema_snapshot_every}) must be a multiple of "
+                f"train.steps_per_dispatch ({self.steps_per_dispatch})."
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}.")
         if not 0.0 <= self.label_dropout < 1.0:

@@ -125,11 +125,14 @@ def parse_value(raw: str, tp: Any, key: str) -> Any:
         return raw
     if origin is tuple:
         text = raw.strip().strip("()[]")
+        item = typing.get_args(tp)[0] if typing.get_args(tp) else int
+        item = float if item is float else int
         try:
-            return tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+            return tuple(item(p) for p in text.replace(" ", "").split(",") if p)
         except ValueError:
-            raise ConfigError(f"{key} must be comma-separated ints such as 1,2,2, got "
-                              f"{raw!r}.") from None
+            example = "0.05,0.1" if item is float else "1,2,2"
+            raise ConfigError(f"{key} must be comma-separated {item.__name__}s such as "
+                              f"{example}, got {raw!r}.") from None
     if origin in (dict, Mapping) or origin is typing.Mapping:
         return parse_options(raw)
     raise ConfigError(f"{key} cannot be set from the command line (type {tp}).")

@@ -5,6 +5,8 @@ from genflow.networks._adapter import (
     ValueModelFn as ValueModelFn,
     as_model_fn as as_model_fn,
     as_value_model_fn as as_value_model_fn,
+    cast_floating as cast_floating,
+    in_dtype as in_dtype,
 )
 from genflow.networks._dit import DiT as DiT, sincos_position_embedding as sincos_position_embedding
 from genflow.networks._embedding import (
@@ -24,6 +26,8 @@ from genflow.networks._mlp import MLP as MLP
 from genflow.networks._unet import UNet as UNet
 
 __all__ = [
+    "cast_floating",
+    "in_dtype",
     "DiT",
     "FIDInceptionV3",
     "FourierEmbedding",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array
 
@@ -23,16 +24,54 @@ class ModelFn:
 
     graphdef: Any = dataclasses.field(metadata=dict(static=True))
     states: tuple = ()
+    # e.g. "bfloat16": run the network in this dtype (see :func:`in_dtype`); None: as stored
+    compute_dtype: str | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    def _module(self) -> nnx.Module:
+        states = self.states
+        if self.compute_dtype is not None:
+            states = cast_floating(states, self.compute_dtype)
+        return nnx.merge(self.graphdef, *states)
 
     def __call__(self, x: Array, t: Array, cond: Array | None = None) -> Array:
-        module = nnx.merge(self.graphdef, *self.states)
-        return module(x, t, cond)
+        return in_dtype(self._module(), self.compute_dtype)(x, t, cond)
 
     def log_density(self, x: Array, t: Array, cond: Array | None = None) -> Array:
         """The module's scalar ``log_density(x, t, cond)`` (networks built with
         ``output="log_density"``, whose ``model_fn`` is its x-gradient, the score)."""
-        module = nnx.merge(self.graphdef, *self.states)
-        return module.log_density(x, t, cond)
+        return in_dtype(self._module(), self.compute_dtype).log_density(x, t, cond)
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Every floating-point leaf of ``tree`` in ``dtype`` (integer leaves unchanged); inside
+    a differentiated function the cast passes gradients back in the leaves' own dtype."""
+    def cast(a):
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
+
+
+class in_dtype:  # noqa: N801 - used like a function
+    """``fn`` evaluated in ``dtype``: ``x`` is cast to it on the way in and the output back to
+    ``x``'s dtype on the way out; ``t`` and ``cond`` pass unchanged (time embeddings are
+    computed in float32 and then cast, see ``to_compute_dtype``). With ``dtype=None``,
+    ``fn`` itself. Mixed precision: give ``fn`` parameters cast by :func:`cast_floating`,
+    keep the float32 originals for the optimizer.
+    """
+
+    def __new__(cls, fn: Any, dtype: Any):
+        if dtype is None:
+            return fn
+        return super().__new__(cls)
+
+    def __init__(self, fn: Any, dtype: Any):
+        self.fn, self.dtype = fn, jnp.dtype(dtype)
+
+    def __call__(self, x: Array, t: Array, cond: Array | None = None, **kwargs: Any) -> Array:
+        return self.fn(x.astype(self.dtype), t, cond, **kwargs).astype(x.dtype)
+
+    def log_density(self, x: Array, t: Array, cond: Array | None = None) -> Array:
+        return self.fn.log_density(x.astype(self.dtype), t, cond).astype(x.dtype)
 
 
 def as_model_fn(module: nnx.Module) -> ModelFn:

@@ -12,7 +12,7 @@ from einops import rearrange
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from genflow.networks._embedding import FrozenParam, make_time_embedding
+from genflow.networks._embedding import FrozenParam, make_time_embedding, to_compute_dtype
 from genflow.networks._unet import check_image_inputs
 
 _XAVIER = nnx.initializers.xavier_uniform()
@@ -253,7 +253,7 @@ class DiT(nnx.Module):
         else:
             self._check_values(values, x.shape[0])
 
-        c = self.time_fc2(jax.nn.silu(self.time_fc1(self.time_embed(t))))
+        c = self.time_fc2(jax.nn.silu(self.time_fc1(to_compute_dtype(self.time_embed(t), x))))
         if self.class_embed is not None:
             if cond is None:
                 cond = jnp.full((x.shape[0],), self.num_classes, dtype=jnp.int32)

@@ -10,6 +10,15 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 
+def to_compute_dtype(features: Array, x: Array) -> Array:
+    """``features`` (time embeddings, computed in float32 from float32 times) in the dtype
+    of the network's input ``x`` when that is narrower (bfloat16 under mixed precision), so
+    the layers after them run in ``x``'s dtype; unchanged otherwise."""
+    if jnp.finfo(x.dtype).bits < jnp.finfo(features.dtype).bits:
+        return features.astype(x.dtype)
+    return features
+
+
 class FrozenParam(nnx.Param):
     """A parameter saved with the model but never trained (no gradient, no weight decay)."""
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from genflow.networks._embedding import make_time_embedding
+from genflow.networks._embedding import make_time_embedding, to_compute_dtype
 
 
 class _ResidualBlock(nnx.Module):
@@ -87,7 +87,7 @@ class MLP(nnx.Module):
         self.skip_gain = nnx.Linear(hidden, num_fields * data_dim, kernel_init=zeros, rngs=rngs)
 
     def _features(self, x: Array, t: Array, cond: Array | None) -> tuple[Array, Array]:
-        c = self.time_fc2(jax.nn.silu(self.time_fc1(self.time_embed(t))))
+        c = self.time_fc2(jax.nn.silu(self.time_fc1(to_compute_dtype(self.time_embed(t), x))))
         if self.class_embed is not None:
             if cond is None:
                 cond = jnp.full((x.shape[0],), self.num_classes, dtype=jnp.int32)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from genflow.networks._embedding import make_time_embedding
+from genflow.networks._embedding import make_time_embedding, to_compute_dtype
 
 # DDPM++ rescales every residual sum by 1/sqrt(2) so activations keep unit scale with depth.
 _SKIP_SCALE = 1.0 / math.sqrt(2.0)
@@ -340,7 +340,7 @@ class UNet(nnx.Module):
             ``cond`` is not ``(b,)``, or an unconditional model is given ``cond``.
         """
         check_image_inputs("UNet", self.image_shape, self.num_classes, x, t, cond)
-        e = self.time_fc2(jax.nn.silu(self.time_fc1(self.time_embed(t))))
+        e = self.time_fc2(jax.nn.silu(self.time_fc1(to_compute_dtype(self.time_embed(t), x))))
         if self.class_embed is not None:
             if cond is None:
                 cond = jnp.full((x.shape[0],), self.num_classes, dtype=jnp.int32)

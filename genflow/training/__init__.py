@@ -34,12 +34,25 @@ from genflow.training._state import (
     make_optimizer as make_optimizer,
     model_fn_from as model_fn_from,
 )
+from genflow.training._posthoc import (
+    EMA_SNAPSHOT_DIR as EMA_SNAPSHOT_DIR,
+    PosthocResult as PosthocResult,
+    parse_weights as parse_weights,
+    posthoc_ema as posthoc_ema,
+)
+from genflow.training._sharding import (
+    initialize_distributed as initialize_distributed,
+    make_mesh as make_mesh,
+    state_shardings as state_shardings,
+)
 from genflow.training.checkpoint import Checkpointer as Checkpointer, has_checkpoint as has_checkpoint
 
 __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
+    "EMA_SNAPSHOT_DIR",
     "METRICS_FILE",
+    "PosthocResult",
     "SAMPLES_DIR",
     "Checkpointer",
     "Setup",
@@ -52,11 +65,16 @@ __all__ = [
     "has_checkpoint",
     "image_batches",
     "init_train_state",
+    "initialize_distributed",
+    "make_mesh",
+    "state_shardings",
     "learning_rate_schedule",
     "make_batches",
     "make_optimizer",
     "make_train_chunk",
     "model_fn_from",
+    "parse_weights",
+    "posthoc_ema",
     "reference_data",
     "restore_run",
     "restore_train_state",

@@ -6,7 +6,9 @@ them onto ``[1, 2]``); ``"x1"``: points of ``data.source`` (a method between two
 model. Everything is a function of the step index, so a resumed run sees the same batches.
 
 **Image data sets** (``data.name`` not a toy set; :class:`~genflow.data.ImageBatches`) give
-batches ``x: (b, H, W, C)`` in ``[-1, 1]``; inside the jitted step :func:`drop_labels` replaces
+batches ``x: (b, H, W, C)`` in ``[-1, 1]`` (in a multi-process run, this process's share of
+``b``, read from its own shard of the split; toy sets and pairs files give every process the
+whole batch, which the loop splits by device); inside the jitted step :func:`drop_labels` replaces
 each label by the null class ``model.num_classes`` with probability ``train.label_dropout``
 (classifier-free guidance), with a key derived from the step's key.
 """
@@ -28,16 +30,22 @@ _CHECK_POINTS = 100_000
 REFERENCE_SEED = 2**31 - 1  # seeds of held-out points: training never uses them
 
 
-def image_batches(config: Config) -> ImageBatches:
+def image_batches(config: Config, *, per_process: bool = False) -> ImageBatches:
     """The :class:`~genflow.data.ImageBatches` of an image ``config.data`` (nothing is read
-    until a property or a batch is asked for)."""
+    until a property or a batch is asked for). ``per_process``: this process's share of a
+    multi-process run, ``data.batch_size / process_count`` images of every batch from its own
+    shard of the split (shard ``jax.process_index()``)."""
     dc = config.data
-    return ImageBatches(dc.name, dc.batch_size, seed=dc.seed, split=dc.split,
-                        data_dir=dc.data_dir or None, random_flip=dc.random_flip)
+    shards = dict(batch_size=dc.batch_size)
+    if per_process and jax.process_count() > 1:
+        shards = dict(batch_size=dc.batch_size // jax.process_count(),
+                      shard_index=jax.process_index(), shard_count=jax.process_count())
+    return ImageBatches(dc.name, seed=dc.seed, split=dc.split, data_dir=dc.data_dir or None,
+                        random_flip=dc.random_flip, **shards)
 
 
 def _open_image_data(config: Config) -> tuple[ImageBatches, tuple[int, int, int]]:
-    data = image_batches(config)
+    data = image_batches(config, per_process=True)
     try:
         shape = data.data_shape
     except DatasetNotPreparedError as exc:

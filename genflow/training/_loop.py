@@ -5,6 +5,10 @@
 one compiled ``lax.scan``, log, and checkpoint. Chunks start at multiples of
 ``steps_per_dispatch`` and every random number is a function of the step index, so a run
 that is stopped and resumed replays bit-for-bit the same computation as one that is not.
+
+The dispatch runs over a device mesh (:mod:`._sharding`): batches split along ``data``, the
+state replicated or FSDP-split, one SPMD program; in a multi-process job every process runs
+this loop, process 0 alone writes the logs, and all of them write each checkpoint.
 """
 
 from __future__ import annotations
@@ -24,10 +28,29 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from genflow.config import Config, ConfigError, config_to_dict, load_config_json, save_config
 from genflow.training._data import data_shape_of, drop_labels, make_batches
+from genflow.networks import cast_floating, in_dtype
+from genflow.training._ema import ema_decay, power_decay, sigma_rel_to_gamma
+from genflow.training._posthoc import EMA_SNAPSHOT_DIR, parse_weights, posthoc_directory
+from genflow.training._sharding import (
+    any_process,
+    batch_sharding,
+    check_batch,
+    describe_layout,
+    gather_to_host,
+    global_batch,
+    is_main_process,
+    local_batch,
+    make_mesh,
+    place,
+    replicated,
+    state_shardings,
+    sync,
+)
 from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
 from genflow.training.checkpoint import Checkpointer
 
@@ -82,7 +105,8 @@ class _StopRequest:
         self._previous = {}
 
 
-def make_train_chunk(config: Config, setup: Setup) -> Callable:
+def make_train_chunk(config: Config, setup: Setup, *, mesh: Mesh | None = None,
+                     state_shardings: Any = None) -> Callable:
     """``chunk(state, batches) -> (state, metrics)``: ``k`` optimizer steps in one dispatch.
 
     ``batches["x"]`` has shape ``(k, batch, *data_shape)``; ``state`` is donated. The
@@ -92,18 +116,37 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
     dropout gets ``rngs=nnx.Rngs(dropout=fold_in(that key, 1))``, and the labels ``cond`` of a
     class-conditional model are dropped to the null class (:func:`drop_labels`) with
     ``fold_in(that key, 2)``. Every random number is thus a function of the step index.
+
+    With ``mesh``, the dispatch is one SPMD program over its devices: batches split along
+    ``data``, the state laid out as ``state_shardings`` (see :mod:`._sharding`).
+    ``train.compute_dtype="bfloat16"`` runs the network on bfloat16 copies of the float32
+    parameters (the loss, its reduction, the gradients, the optimizer and the EMAs stay
+    float32); ``train.accumulate=m`` evaluates the network on ``m`` micro-batches in turn,
+    each rematerialised in the backward pass (:func:`_micro_batched`).
     """
     tc = config.train
     base_key = jax.random.key(tc.seed)
     loss = config.resolved.method.loss
     dropout = config.model.uses_dropout
     label_dropout = tc.label_dropout if config.model.num_classes > 0 else 0.0
+    dtype = None if tc.compute_dtype == "float32" else jnp.dtype(tc.compute_dtype)
+    gammas = tuple(sigma_rel_to_gamma(s) for s in tc.ema_profiles)
 
     def loss_fn(params, batch, key):
-        net = nnx.merge(setup.graphdef, params, setup.rest)
-        if dropout:
-            net = _with_dropout(net, jax.random.fold_in(key, _DROPOUT_STREAM))
-        return loss(setup.wrap(net), batch, key)
+        net = nnx.merge(setup.graphdef, params if dtype is None else cast_floating(params, dtype),
+                        setup.rest)
+        dropout_key = jax.random.fold_in(key, _DROPOUT_STREAM)
+
+        def network(chunk_index=None):  # the model_fn of micro-batch chunk_index
+            fn = net
+            if dropout:
+                k_ = dropout_key if chunk_index is None else jax.random.fold_in(dropout_key,
+                                                                                 chunk_index)
+                fn = _with_dropout(net, k_)
+            return in_dtype(fn, dtype)
+
+        fn = network() if tc.accumulate == 1 else _micro_batched(network, tc.accumulate)
+        return loss(setup.wrap(fn), batch, key)
 
     def one_step(state: TrainState, batch):
         key = jax.random.fold_in(base_key, state.step)
@@ -115,15 +158,67 @@ def make_train_chunk(config: Config, setup: Setup) -> Callable:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
         updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = jax.tree.map(lambda e, p: tc.ema_decay * e + (1.0 - tc.ema_decay) * p, state.ema, params)
+        step = state.step + 1
+        if tc.ema_warmup == 0.0:  # Python constants: the same arithmetic as ever
+            ema = jax.tree.map(lambda e, p: tc.ema_decay * e + (1.0 - tc.ema_decay) * p,
+                               state.ema, params)
+        else:
+            ema = _average(state.ema, params,
+                           ema_decay(step, decay=tc.ema_decay, warmup_power=tc.ema_warmup))
+        profiles = tuple(_average(prof, params, power_decay(step, g))
+                         for g, prof in zip(gammas, state.profiles))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return TrainState(state.step + 1, params, opt_state, ema), metrics
+        return TrainState(step, params, opt_state, ema, profiles), metrics
 
     def chunk(state: TrainState, batches):
         state, metrics = jax.lax.scan(one_step, state, batches)
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return jax.jit(chunk, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(chunk, donate_argnums=0)
+    return jax.jit(chunk, donate_argnums=0,
+                   in_shardings=(state_shardings, batch_sharding(mesh, leading=1)),
+                   out_shardings=(state_shardings, replicated(mesh)))
+
+
+def _average(ema: Any, params: Any, decay: jax.Array) -> Any:
+    """``decay * ema + (1 - decay) * params`` in each leaf's own dtype."""
+    def mix(e, p):
+        d = decay.astype(e.dtype)
+        return d * e + (1 - d) * p
+
+    return jax.tree.map(mix, ema, params)
+
+
+def _micro_batched(network: Callable[[Any], Callable], m: int) -> Callable:
+    """A ``model_fn`` that evaluates ``network(j)`` on micro-batch ``j = 0 .. m-1`` in turn
+    (``lax.map``), each under :func:`jax.checkpoint`: the backward pass recomputes one
+    micro-batch's activations at a time instead of storing the whole batch's, and the
+    parameter gradients add up across micro-batches inside autodiff (gradient accumulation).
+
+    Micro-batch ``j`` holds examples ``j, j + m, j + 2m, ...``, so with the batch split over
+    devices every device keeps its own examples. Examples are independent through every
+    genflow network, so the output, the loss and the gradient are those of the whole batch
+    up to the order of floating-point sums. A batch that ``m`` does not divide (the
+    collocation points of a regularizer, say) is evaluated whole.
+    """
+    def model_fn(x, t, cond=None):
+        b = x.shape[0]
+        if b % m:
+            return network()(x, t, cond)
+
+        def split(a):
+            return None if a is None else a.reshape(b // m, m, *a.shape[1:]).swapaxes(0, 1)
+
+        @jax.checkpoint
+        def one(args):
+            j, xj, tj, cj = args
+            return network(j)(xj, tj, cj)
+
+        out = jax.lax.map(one, (jnp.arange(m), split(x), split(t), split(cond)))
+        return out.swapaxes(0, 1).reshape(b, *out.shape[2:])
+
+    return model_fn
 
 
 def _with_dropout(net: nnx.Module, key: jax.Array) -> Callable:
@@ -160,12 +255,28 @@ def check_workdir_compatible(config: Config, workdir: Path) -> None:
                 f"{workdir} holds a run with a different {section} config ({'; '.join(diff)}); "
                 "use another --workdir, or --fresh to discard that run."
             )
-    for key in ("seed", "steps_per_dispatch"):
+    # The state's layout (profiles) and the arithmetic of every step (dtype) must match.
+    for key in ("seed", "steps_per_dispatch", "compute_dtype", "ema_profiles"):
         if saved["train"][key] != new["train"][key]:
             raise ConfigError(
                 f"{workdir} holds a run with train.{key}={saved['train'][key]!r}, not "
                 f"{new['train'][key]!r}; use another --workdir, or --fresh to discard that run."
             )
+
+
+def check_train_inputs(config: Config, mesh: Mesh) -> None:
+    """Problems that would only show after compiling, as a :class:`ConfigError`: a batch the
+    devices (and micro-batches) do not divide, an image batch the processes do not divide."""
+    tc = config.train
+    check_batch(config.data.batch_size, mesh, accumulate=tc.accumulate)
+    if config.data.images and config.data.batch_size % jax.process_count():
+        raise ConfigError(f"data.batch_size={config.data.batch_size}: each of the "
+                          f"{jax.process_count()} processes reads an equal share of every "
+                          "image batch; use a multiple of the process count.")
+    if tc.accumulate > 1 and config.model.log_density:
+        raise ConfigError("train.accumulate > 1 splits the network's calls into micro-batches; "
+                          "a log-density network (model.output=log_density) is called whole: "
+                          "set train.accumulate=1.")
 
 
 def train(
@@ -176,97 +287,131 @@ def train(
     progress: bool = True,
     on_chunk: Callable[[int, dict], None] | None = None,
     snapshot: Callable[[Setup], Callable[[int, Any], Path]] | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[Setup, TrainState]:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint if any.
+
+    The run spans ``mesh`` (default: every device of every process, :func:`make_mesh`); in a
+    multi-process job every process calls this with the same arguments, and only process 0
+    prints, writes ``config.json``, ``metrics.jsonl`` and the sample grids, while every process
+    takes part in each checkpoint.
 
     Args:
       config: the experiment.
       workdir: the run directory (created); holds ``config.json``, ``metrics.jsonl`` and
-        ``checkpoints/``.
+        ``checkpoints/`` (and ``ema_snapshots/`` with ``train.ema_snapshot_every``).
       fresh: delete an existing run in ``workdir`` first instead of resuming it.
       progress: show a progress bar.
-      on_chunk: called as ``on_chunk(step, metrics)`` after every dispatch.
+      on_chunk: called as ``on_chunk(step, metrics)`` after every logged dispatch.
       snapshot: with ``train.sample_every > 0``: ``snapshot(setup)`` returns the function
         ``write(step, ema_params) -> path`` called every ``sample_every`` steps
         (:func:`genflow.run.train` passes the run's sample grids).
+      mesh: the devices to train on.
 
     Returns:
       ``(setup, state)`` after ``config.train.num_steps`` steps.
     """
     workdir = Path(workdir)
-    if fresh:
-        for name in (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE, SAMPLES_DIR):
+    tc = config.train
+    mesh = make_mesh() if mesh is None else mesh
+    check_train_inputs(config, mesh)
+    main = is_main_process()
+    if fresh and main:
+        for name in (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE, SAMPLES_DIR, EMA_SNAPSHOT_DIR):
             path = workdir / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+    sync("genflow-fresh")
     check_workdir_compatible(config, workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir / CONFIG_FILE)
+    sync("genflow-checked")  # nobody writes config.json before everyone has read the old one
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(config, workdir / CONFIG_FILE)
 
-    tc = config.train
     next_batches = make_batches(config)
     setup, state = init_train_state(config, data_shape_of(config))
+    shardings = state_shardings(mesh, state, tc.param_sharding)
+    state = place(state, shardings)
+    if main:
+        print(describe_layout(state, shardings, mesh))
+    sync("genflow-workdir")
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=tc.keep_checkpoints)
+    ema_ckpt = (Checkpointer(workdir / EMA_SNAPSHOT_DIR, max_to_keep=None)
+                if tc.ema_snapshot_every else None)
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(start, state)
-        print(f"resuming from step {start} in {workdir / CHECKPOINT_DIR}")
+        if main:
+            print(f"resuming from step {start} in {workdir / CHECKPOINT_DIR}")
     step = int(state.step)
 
-    chunk = make_train_chunk(config, setup)
-    snapshots = snapshot(setup) if tc.sample_every and snapshot is not None else None
+    chunk = make_train_chunk(config, setup, mesh=mesh, state_shardings=shardings)
+    to_global = local_batch if config.data.images else global_batch
+    batches_sharding = batch_sharding(mesh, leading=1)
+    snapshots = snapshot(setup) if tc.sample_every and snapshot is not None and main else None
     schedule = learning_rate_schedule(tc)
     bar = tqdm(
-        total=tc.num_steps, initial=step, disable=not progress, unit="step",
+        total=tc.num_steps, initial=step, disable=not (progress and main), unit="step",
         dynamic_ncols=True, mininterval=0.5,
     )
     last_time, last_step = time.perf_counter(), step
     stop = _StopRequest()
+    log = open(workdir / METRICS_FILE, "a") if main else None
+    stopping = False
     try:
-        with open(workdir / METRICS_FILE, "a") as log:
-            while step < tc.num_steps:
-                # End chunks on multiples of steps_per_dispatch (and at num_steps).
-                k = min(tc.steps_per_dispatch - step % tc.steps_per_dispatch, tc.num_steps - step)
-                batches = jax.tree.map(jnp.asarray, next_batches(step, k))
-                state, metrics = chunk(state, batches)
-                prev, step = step, step + k
-                bar.update(k)
-                crossed = lambda every: step // every > prev // every or step == tc.num_steps  # noqa: E731
-                if crossed(tc.log_every):
-                    metrics = {k_: float(v) for k_, v in metrics.items()}
-                    now = time.perf_counter()
-                    record = {
-                        "step": step,
-                        **metrics,
-                        "lr": float(schedule(step)),
-                        "steps_per_sec": (step - last_step) / max(now - last_time, 1e-9),
-                        "time": time.time(),
-                    }
-                    last_time, last_step = now, step
-                    if not math.isfinite(record["loss"]):
-                        raise FloatingPointError(
-                            f"loss became {record['loss']} at step {step}; lower train.lr or "
-                            "train.grad_clip. The last good checkpoint is kept."
-                        )
+        while step < tc.num_steps:
+            # End chunks on multiples of steps_per_dispatch (and at num_steps).
+            k = min(tc.steps_per_dispatch - step % tc.steps_per_dispatch, tc.num_steps - step)
+            batches = to_global(next_batches(step, k), batches_sharding)
+            state, metrics = chunk(state, batches)
+            prev, step = step, step + k
+            bar.update(k)
+            crossed = lambda every: step // every > prev // every or step == tc.num_steps  # noqa: E731
+            if crossed(tc.log_every):
+                metrics = {k_: float(v) for k_, v in metrics.items()}
+                now = time.perf_counter()
+                record = {
+                    "step": step,
+                    **metrics,
+                    "lr": float(schedule(step)),
+                    "steps_per_sec": (step - last_step) / max(now - last_time, 1e-9),
+                    "time": time.time(),
+                }
+                last_time, last_step = now, step
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(
+                        f"loss became {record['loss']} at step {step}; lower train.lr or "
+                        "train.grad_clip. The last good checkpoint is kept."
+                    )
+                if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_sec']:.0f}")
-                    if on_chunk is not None:
-                        on_chunk(step, record)
-                if crossed(tc.checkpoint_every) or stop.requested:
-                    ckpt.save(step, state)
-                if snapshots is not None and crossed(tc.sample_every):
-                    bar.write(f"step {step}: wrote {snapshots(step, state.ema)}")
-                if stop.requested:
-                    break
+                bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_sec']:.0f}")
+                if on_chunk is not None:
+                    on_chunk(step, record)
+            stopping = any_process(stop.requested)
+            if crossed(tc.checkpoint_every) or stopping:
+                ckpt.save(step, state)
+            if ema_ckpt is not None and (step % tc.ema_snapshot_every == 0 or step == tc.num_steps):
+                ema_ckpt.save(step, {"step": state.step, "profiles": state.profiles})
+            if tc.sample_every and crossed(tc.sample_every):
+                ema = gather_to_host(state.ema, mesh)  # a collective: every process
+                if snapshots is not None:
+                    bar.write(f"step {step}: wrote {snapshots(step, ema)}")
+            if stopping:
+                break
     finally:
         bar.close()
-        ckpt.wait()
-        ckpt.close()
+        if log is not None:
+            log.close()
+        for manager in (ckpt, ema_ckpt):
+            if manager is not None:
+                manager.wait()
+                manager.close()
         stop.uninstall()
-    if stop.requested:
+    if stopping:
         raise TrainingInterrupted(step, workdir)
     return setup, state
 
@@ -285,17 +430,26 @@ def restore_run(workdir: str | Path, *, weights: str = "ema",
 
     Only the step and the requested weights are read, not the optimizer state.
 
+    Args:
+      weights: ``"ema"``, ``"raw"``, or ``"sigma_rel=S"``: the post-hoc EMA that
+        ``genflow ema --sigma-rel S`` wrote (:func:`posthoc_ema`).
+
     Returns:
-      ``(config, setup, step, params)`` where ``params`` are the EMA (``weights="ema"``) or
-      raw (``"raw"``) parameters; ``model_fn_from(setup, params)`` is the model.
+      ``(config, setup, step, params)``; ``model_fn_from(setup, params)`` is the model.
     """
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
+    sigma_rel = parse_weights(weights)
     workdir = Path(workdir)
     config = config or load_config_json(workdir / CONFIG_FILE)
     setup, state = init_train_state(config, data_shape_of(config))
-    key = "ema" if weights == "ema" else "params"
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
+    key = "params" if weights == "raw" else "ema"
+    directory = workdir / CHECKPOINT_DIR
+    if sigma_rel is not None:
+        directory = posthoc_directory(workdir, sigma_rel)
+        if not directory.is_dir():
+            raise ConfigError(f"{workdir} has no post-hoc EMA with sigma_rel {sigma_rel:g}; "
+                              f"write it with `genflow ema --workdir {workdir} --sigma-rel "
+                              f"{sigma_rel:g}`.")
+    ckpt = Checkpointer(directory, read_only=True)
     try:
         restored = ckpt.restore(_latest_step(ckpt, workdir), {"step": state.step, key: state.ema})
     finally:

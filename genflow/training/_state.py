@@ -23,12 +23,15 @@ class TrainState(NamedTuple):
       params: the network's trainable parameters (an ``nnx.State``).
       opt_state: optax state.
       ema: exponential moving average of ``params``.
+      profiles: one power-function EMA of ``params`` per ``train.ema_profiles`` entry
+        (EDM2's post-hoc EMA); ``()`` without profiles.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     ema: Any
+    profiles: tuple = ()
 
 
 def build_model(
@@ -120,11 +123,15 @@ def init_train_state(config: Config, data_shape: tuple[int, ...]) -> tuple[Setup
         params=params,
         opt_state=optimizer.init(params),
         ema=jax.tree.map(jnp.copy, params),
+        profiles=tuple(jax.tree.map(jnp.copy, params) for _ in config.train.ema_profiles),
     )
     return Setup(graphdef, rest, optimizer, method.wrap), state
 
 
-def model_fn_from(setup: Setup, params: Any) -> ModelFn:
+def model_fn_from(setup: Setup, params: Any, *, compute_dtype: str | None = None) -> ModelFn:
     """The pure ``model_fn`` of the network with ``params`` (raw or EMA), wrapped as the
-    method says (e.g. EDM's preconditioning); a pytree that can be passed into ``jax.jit``."""
-    return setup.wrap(ModelFn(setup.graphdef, (params, setup.rest)))
+    method says (e.g. EDM's preconditioning); a pytree that can be passed into ``jax.jit``.
+    With ``compute_dtype="bfloat16"`` the network runs in bfloat16 (its weights cast on the
+    fly), while the method's wrapper and the sampler stay in the samples' dtype."""
+    dtype = None if compute_dtype in (None, "float32") else compute_dtype
+    return setup.wrap(ModelFn(setup.graphdef, (params, setup.rest), compute_dtype=dtype))

@@ -78,8 +78,9 @@ class Checkpointer:
             step,
             args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in abstract.items()}),
         )
-        values = {k: restored[k]["value"] for k in items}
-        return type(target)(**values) if hasattr(target, "_asdict") else values
+        if hasattr(target, "_asdict"):
+            return target._replace(**{k: restored[k]["value"] for k in items})
+        return {**target, **{k: restored[k]["value"] for k in items}}
 
     def wait(self) -> None:
         """Block until background writes are finalized."""
@@ -90,11 +91,15 @@ class Checkpointer:
 
 
 def _items(state: Any) -> dict[str, Any]:
+    """The entries of ``state`` that hold arrays (an empty entry, such as a run's ``()`` of EMA
+    profiles, is neither written nor read)."""
     if hasattr(state, "_asdict"):
-        return dict(state._asdict())
-    if isinstance(state, dict):
-        return dict(state)
-    raise TypeError(f"checkpoint a dict or NamedTuple of pytrees, got {type(state).__name__}.")
+        items = dict(state._asdict())
+    elif isinstance(state, dict):
+        items = dict(state)
+    else:
+        raise TypeError(f"checkpoint a dict or NamedTuple of pytrees, got {type(state).__name__}.")
+    return {k: v for k, v in items.items() if jax.tree.leaves(v)}
 
 
 def has_checkpoint(directory: str | Path) -> bool:

@@ -22,7 +22,7 @@ from genflow.config import (
 from tests.config.test_config import REPO
 
 
-@pytest.mark.parametrize("kind", ["method", "solver", "grid", "weighting", "network"])
+@pytest.mark.parametrize("kind", ["method", "solver", "grid", "weighting", "time_density", "network"])
 def test_every_name_builds_and_names_itself(kind):
     for name in REGISTRY.names(kind):
         obj = REGISTRY.build(kind, name)

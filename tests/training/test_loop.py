@@ -102,13 +102,13 @@ def shared_chunk():
     """
     cache = {}
 
-    def cached(config, setup):
+    def cached(config, setup, **layout):
         key = config_to_dict(config)
         if config.train.lr_decay == "constant":
             key["train"].pop("num_steps")
         key = json.dumps(key, sort_keys=True)
         if key not in cache:
-            cache[key] = make_train_chunk(config, setup)
+            cache[key] = make_train_chunk(config, setup, **layout)
         return cache[key]
 
     with pytest.MonkeyPatch.context() as mp:
@@ -345,7 +345,7 @@ def test_restore_run_returns_trained_weights(run40, weights):
 
 
 def test_restore_run_rejects_unknown_weights(run40):
-    with pytest.raises(ValueError, match="'ema' or 'raw'"):
+    with pytest.raises(ValueError, match="ema, raw or sigma_rel=S"):
         restore_run(run40[0], weights="best")
 
 
