@@ -63,7 +63,7 @@ _GLOG_NOISE = (b"*** Check failure stack trace", b"[Gloo] ")
 
 
 def _in_job(args) -> bool:
-    from genflow.training._sharding import cluster_in_environment
+    from genflow.training import cluster_in_environment
 
     return args.coordinator is not None or args.distributed or cluster_in_environment()
 
@@ -315,7 +315,7 @@ def _run_train(args) -> int:
     if not Path(args.config).is_file():
         raise UsageError(f"config file not found: {args.config}")
     if _in_job(args) and os.environ.get(_SUPERVISED) != "1":
-        from genflow.training._sharding import check_distributed_args
+        from genflow.training import check_distributed_args
 
         check_distributed_args(args.coordinator, args.num_processes, args.process_id)
         return _supervise(args)

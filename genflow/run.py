@@ -43,8 +43,8 @@ from genflow.training import (
     restore_run,
     source_data,
 )
+from genflow.training import batch_sharding, make_mesh, replicated
 from genflow.training import train as _train_loop
-from genflow.training._sharding import batch_sharding, make_mesh, replicated
 
 IMAGE_RANGE = (-1.0, 1.0)  # image data sets arrive in [-1, 1]
 _SNAPSHOT_IMAGES = 100

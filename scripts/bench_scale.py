@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_train import cpu_model  # noqa: E402 - the sibling script (scripts/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = REPO / "configs" / "digits_cond.py"
@@ -49,14 +50,16 @@ def measure(args) -> dict:
 
     from genflow.config import apply_overrides, load_config_file
     from genflow.training import (
+        batch_sharding,
         data_shape_of,
+        global_batch,
         init_train_state,
         make_batches,
         make_mesh,
         make_train_chunk,
+        place,
         state_shardings,
     )
-    from genflow.training._sharding import batch_sharding, global_batch, place
 
     if len(jax.devices()) < args.devices:
         return {"devices": args.devices, "skipped": f"only {len(jax.devices())} devices"}
@@ -153,16 +156,6 @@ def print_table(result: dict) -> None:
               f"(median {r['ms_per_step_median']:.1f}) | {r['steps_per_sec']:.2f} | "
               f"{r['examples_per_sec']:.0f} | {r['examples_per_sec_per_device']:.0f} | {eff} | "
               f"{ratio} |")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():

@@ -331,9 +331,15 @@ def train(
         save_config(config, workdir / CONFIG_FILE)
 
     next_batches = make_batches(config)
-    setup, state = init_train_state(config, data_shape_of(config))
-    shardings = state_shardings(mesh, state, tc.param_sharding)
-    state = place(state, shardings)
+    if tc.param_sharding == "fsdp":  # created split: no device ever holds the whole state
+        setup, state = init_train_state(
+            config, data_shape_of(config),
+            layout=lambda abstract: state_shardings(mesh, abstract, "fsdp"))
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+    else:
+        setup, state = init_train_state(config, data_shape_of(config))
+        shardings = state_shardings(mesh, state, tc.param_sharding)
+        state = place(state, shardings)
     if main:
         print(describe_layout(state, shardings, mesh))
     sync("genflow-workdir")

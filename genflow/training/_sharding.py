@@ -23,6 +23,7 @@ local devices' shards of every global array (:func:`global_batch`, :func:`local_
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -239,5 +240,10 @@ def local_batch(batches: dict[str, np.ndarray], sharding: NamedSharding,
 def gather_to_host(tree: Any, mesh: Mesh) -> Any:
     """A fully replicated copy of ``tree`` as single-device arrays of this process (every
     process must call it: gathering a sharded array is a collective)."""
-    tree = jax.jit(lambda x: x, out_shardings=replicated(mesh))(tree)
+    tree = _replicate(mesh)(tree)
     return jax.tree.map(lambda a: a.addressable_data(0), tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _replicate(mesh: Mesh):
+    return jax.jit(lambda x: x, out_shardings=replicated(mesh))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from genflow.cli import main
-from genflow.training._sharding import cluster_in_environment
+from genflow.training import cluster_in_environment
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "toy_checkerboard_vp.py")
 

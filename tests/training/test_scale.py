@@ -131,8 +131,10 @@ def runs(tmp_path_factory):
     out = {"root": root}
     out["one_log"] = train(root / "one", 200)
     out["four_log"] = train(root / "four", 200, devices=4)
-    out["fsdp_log"] = train(root / "fsdp", 200, "--set", "train.param_sharding=fsdp", devices=4)
-    out["job_logs"] = train_job(root / "job", 200)
+    # FSDP and the job also write a sample grid: gathering the EMA is a collective.
+    out["fsdp_log"] = train(root / "fsdp", 200, "--set", "train.param_sharding=fsdp",
+                            "--set", "train.sample_every=200", devices=4)
+    out["job_logs"] = train_job(root / "job", 200, "--set", "train.sample_every=200")
     return out
 
 
@@ -145,12 +147,23 @@ def test_four_devices_train_like_one(runs):
     assert_states_close(state_of(root / "four"), state_of(root / "one"))
 
 
+def test_resume_on_four_devices_is_bit_identical(runs, tmp_path):
+    half = tmp_path / "half"
+    train(half, 100, devices=4)
+    train(half, 200, devices=4)
+    np.testing.assert_array_equal(losses(half)[:, 1:], losses(runs["root"] / "four")[:, 1:])
+    a, b = state_of(half), state_of(runs["root"] / "four")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_fsdp_splits_the_state_and_trains_like_one_device(runs):
     root = runs["root"]
     log = runs["fsdp_log"]
     assert "state split over 4 devices (fsdp)" in log, log
     share = int(log.split("arrays, ")[1].split("%")[0])
     assert share > 90  # the MLP's 64 x 64 kernels and their Adam moments hold most numbers
+    assert (root / "fsdp" / "samples" / "step_0000200.png").is_file()
     np.testing.assert_allclose(losses(root / "fsdp"), losses(root / "one"), rtol=1e-5)
     assert_states_close(state_of(root / "fsdp"), state_of(root / "one"))
 
@@ -161,6 +174,7 @@ def test_two_processes_train_like_four_devices(runs):
     assert "4 cpu devices in 2 processes" in first
     assert second.strip() == "" or "training" not in second  # only process 0 prints
     assert sorted(p.name for p in (root / "job" / "checkpoints").iterdir()) == ["100", "200"]
+    assert [p.name for p in (root / "job" / "samples").iterdir()] == ["step_0000200.png"]
     np.testing.assert_allclose(losses(root / "job"), losses(root / "four"), rtol=1e-5)
     assert_states_close(state_of(root / "job"), state_of(root / "four"))
 
