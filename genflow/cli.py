@@ -160,6 +160,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set train.num_steps=2000 (repeatable)",
     )
     tr.add_argument("--fresh", action="store_true", help="discard an existing run in --workdir")
+    tr.add_argument("--fork", default=None, metavar="NEW_WORKDIR",
+                    help="copy --workdir's latest checkpoint to NEW_WORKDIR and train it there "
+                    "with the new settings (a resume may change only the number of steps and "
+                    "the logging, checkpoint and sample cadence)")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_distributed_flags(tr)
 
@@ -193,9 +197,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--weights", type=_weights, default="ema", help=_WEIGHTS_HELP)
     sa.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
                     help="the network's arithmetic while sampling (the sampler stays float32)")
+    sa.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier --out instead of refusing")
     sa.add_argument(
         "--out", default=None,
-        help="output path; FILE.png and FILE.npz are written (default: WORKDIR/samples)",
+        help="output path; FILE.png and FILE.npz are written (default: WORKDIR/samples, or samples_001, samples_002, ... when taken)",
     )
     ip = sub.add_parser(
         "inpaint",
@@ -225,6 +231,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--weights", type=_weights, default="ema", help=_WEIGHTS_HELP)
     ip.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
                     help="the network's arithmetic (the sampler stays float32)")
+    ip.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier --out instead of refusing")
     ip.add_argument("--out", default=None,
                     help="output path; FILE.png (rows: originals, inputs, results) and FILE.npz "
                     "are written (default: WORKDIR/inpaint)")
@@ -310,7 +318,7 @@ def _run_data(args) -> int:
 # ---------------------------------------------------------------------------------- train
 def _run_train(args) -> int:
     from genflow import config as cfg
-    from genflow.training import check_workdir_compatible
+    from genflow.training import check_resume_changes, check_workdir_compatible
 
     if not Path(args.config).is_file():
         raise UsageError(f"config file not found: {args.config}")
@@ -322,8 +330,18 @@ def _run_train(args) -> int:
     _join_job(args)  # before anything touches a device (loading a config computes)
     config = cfg.apply_overrides(cfg.load_config_file(args.config), args.overrides)
     workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
-    if not args.fresh:
+    if args.fork is not None:
+        if args.fresh:
+            raise UsageError("--fork starts a new directory from --workdir's latest checkpoint; "
+                             "--fresh would discard it: give one of them.")
+        from genflow.training import fork_run
+
+        step = fork_run(config, workdir, args.fork)
+        print(f"forked step {step} of {workdir} into {args.fork}")
+        workdir = Path(args.fork)
+    elif not args.fresh:
         check_workdir_compatible(config, workdir)
+        check_resume_changes(config, workdir)
     import jax
 
     if jax.process_index() == 0:
@@ -337,9 +355,13 @@ def _run_train(args) -> int:
 def _train_until_done(config, workdir: Path, *, fresh: bool, progress: bool) -> int:
     """Train; on Ctrl-C or SIGTERM say where the checkpoint is and return 130."""
     from genflow.run import train
+    from genflow.training import NonFiniteTraining
 
     try:
         train(config, workdir, fresh=fresh, progress=progress)
+    except NonFiniteTraining as exc:
+        print(f"genflow: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt as exc:
         saved = f"saved a checkpoint at step {exc.step}" if hasattr(exc, "step") else (
             "the last finished checkpoint is intact"
@@ -437,9 +459,40 @@ def _sample_config(args):
     return config, workdir
 
 
+def _output_base(out: str | None, default: Path, *, overwrite: bool) -> Path:
+    """Where ``FILE.npz`` / ``FILE.png`` go, checked before anything is loaded: ``--out``
+    (refused if it would overwrite an earlier result, unless ``--overwrite``) or ``default``,
+    then ``default_001``, ``default_002``, ... so that no earlier result is replaced."""
+    from genflow.run import output_paths
+
+    def taken(base: Path) -> bool:
+        return any(p.exists() for p in output_paths(base))
+
+    if out is None:
+        base, n = default, 0
+        while taken(base) and not overwrite:
+            n += 1
+            base = default.with_name(f"{default.name}_{n:03d}")
+    else:
+        base = Path(out)
+        if taken(base) and not overwrite:
+            raise UsageError(f"{output_paths(base)[0]} exists already; choose another --out or "
+                             "pass --overwrite.")
+    folder = output_paths(base)[0].parent
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"cannot write {output_paths(base)[0]}: {parent} is a file.")
+        if parent.exists():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"cannot write {output_paths(base)[0]}: {parent} is not "
+                                 "writable.")
+            break
+    return base
+
+
 def _run_sample(args) -> int:
     config, workdir = _sample_config(args)
-    out = Path(args.out) if args.out else workdir / "samples"
+    out = _output_base(args.out, workdir / "samples", overwrite=args.overwrite)
     from genflow.run import open_run, sampling, toy_quality
 
     run = open_run(workdir, weights=args.weights, config=config, compute_dtype=args.dtype)
@@ -555,7 +608,7 @@ def _run_inpaint(args) -> int:
                          if classes else "--label needs a class-conditional run.")
     shape = data_shape_of(config)
     mask = _inpaint_mask(args.mask, shape, config.sample.seed)
-    out = Path(args.out) if args.out else workdir / "inpaint"
+    out = _output_base(args.out, workdir / "inpaint", overwrite=args.overwrite)
 
     import numpy as np
 

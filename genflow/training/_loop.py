@@ -14,7 +14,6 @@ this loop, process 0 alone writes the logs, and all of them write each checkpoin
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import sys
@@ -35,7 +34,12 @@ from genflow.config import Config, ConfigError, config_to_dict, load_config_json
 from genflow.training._data import data_shape_of, drop_labels, make_batches
 from genflow.networks import cast_floating, in_dtype
 from genflow.training._ema import ema_decay, power_decay, sigma_rel_to_gamma
-from genflow.training._posthoc import EMA_SNAPSHOT_DIR, parse_weights, posthoc_directory
+from genflow.training._posthoc import (
+    EMA_SNAPSHOT_DIR,
+    POSTHOC_DIR,
+    parse_weights,
+    posthoc_directory,
+)
 from genflow.training._sharding import (
     any_process,
     batch_sharding,
@@ -51,6 +55,7 @@ from genflow.training._sharding import (
     state_shardings,
     sync,
 )
+from genflow.training._workdir import RunLock, prepare_workdir
 from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
 from genflow.training.checkpoint import Checkpointer
 
@@ -70,6 +75,19 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training stopped at step {step}; checkpoint saved in {workdir}")
         self.step = step
         self.workdir = workdir
+
+
+class NonFiniteTraining(FloatingPointError):
+    """The loss or the gradient norm became NaN or infinite; nothing from that state was written.
+
+    Attributes:
+      step: the last step of the dispatch in which it happened.
+      kept: the step of the newest checkpoint on disk, or ``None``.
+    """
+
+    def __init__(self, message: str, step: int, kept: int | None):
+        super().__init__(message)
+        self.step, self.kept = step, kept
 
 
 class _StopRequest:
@@ -172,7 +190,9 @@ def make_train_chunk(config: Config, setup: Setup, *, mesh: Mesh | None = None,
 
     def chunk(state: TrainState, batches):
         state, metrics = jax.lax.scan(one_step, state, batches)
-        return state, jax.tree.map(jnp.mean, metrics)
+        # Every step's loss and gradient norm, checked on the device: one flag per dispatch.
+        flags = {f"{k}_finite": jnp.all(jnp.isfinite(v)) for k, v in metrics.items()}
+        return state, {**jax.tree.map(jnp.mean, metrics), **flags}
 
     if mesh is None:
         return jax.jit(chunk, donate_argnums=0)
@@ -264,6 +284,83 @@ def check_workdir_compatible(config: Config, workdir: Path) -> None:
             )
 
 
+# What a resumed run may change: how long it trains and how often it logs, checkpoints and
+# samples. Anything else would make config.json stop describing the checkpointed weights.
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.sample_every", "train.ema_snapshot_every")
+HISTORY_FILE = "config_history.jsonl"
+
+
+def config_changes(old: Config, new: Config) -> dict[str, list]:
+    """``{"section.key": [old, new]}`` for every setting that differs (the ``sample`` section,
+    which describes how to sample and not how the weights were made, is left out)."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    changes = {}
+    for section in ("process", "method", "data", "model", "train"):
+        for key in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(key) != b[section].get(key):
+                changes[f"{section}.{key}"] = [a[section].get(key), b[section].get(key)]
+    return changes
+
+
+def check_resume_changes(config: Config, workdir: Path) -> dict[str, list]:
+    """The changes a resume of ``workdir`` with ``config`` makes (:func:`config_changes`);
+    a :class:`ConfigError` if any is not in :data:`RESUMABLE_CHANGES`."""
+    saved_path = workdir / CONFIG_FILE
+    if not saved_path.exists() or not (workdir / CHECKPOINT_DIR).exists():
+        return {}
+    changes = config_changes(load_config_json(saved_path), config)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+    if refused:
+        said = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in refused.items())
+        raise ConfigError(
+            f"resuming {workdir} would change {said}; a resumed run may change only "
+            f"{', '.join(RESUMABLE_CHANGES)}. Train the latest checkpoint with the new settings "
+            "in a new directory with --fork NEW_WORKDIR, or use another --workdir, or --fresh."
+        )
+    return changes
+
+
+def _record_history(workdir: Path, step: int, **entry: Any) -> None:
+    with open(workdir / HISTORY_FILE, "a") as f:
+        f.write(json.dumps({"step": step, **entry, "time": time.time()}) + "\n")
+
+
+def fork_run(config: Config, source: str | Path, workdir: str | Path) -> int:
+    """Start ``workdir`` from the latest checkpoint of ``source`` with ``config``'s settings
+    (which may differ in anything but the network's meaning); returns the forked step.
+
+    The checkpoint and the metrics up to it are copied; ``source`` is left unchanged; the fork
+    is the first line of ``workdir``'s ``config_history.jsonl``.
+    """
+    source, workdir = Path(source), Path(workdir)
+    check_workdir_compatible(config, source)
+    ckpt = Checkpointer(source / CHECKPOINT_DIR, read_only=True) if (
+        source / CHECKPOINT_DIR).is_dir() else None
+    step = ckpt.latest_step() if ckpt is not None else None
+    if ckpt is not None:
+        ckpt.close()
+    if step is None:
+        raise ConfigError(f"--fork copies the latest checkpoint of {source}, which has none.")
+    if workdir.resolve() == source.resolve():
+        raise ConfigError("--fork needs a new directory, not the run being forked.")
+    if (workdir / CONFIG_FILE).exists() or (workdir / CHECKPOINT_DIR).exists():
+        raise ConfigError(f"--fork {workdir}: that directory holds a run already; choose a new "
+                          "one.")
+    prepare_workdir(workdir)
+    tmp = workdir / f".{CHECKPOINT_DIR}.fork"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source / CHECKPOINT_DIR / str(step), tmp / str(step))
+    tmp.rename(workdir / CHECKPOINT_DIR)  # all or nothing
+    if (source / METRICS_FILE).exists():
+        lines = [line for line in (source / METRICS_FILE).read_text().splitlines()
+                 if line.strip() and json.loads(line).get("step", 0) <= step]
+        (workdir / METRICS_FILE).write_text("".join(f"{line}\n" for line in lines))
+    changes = config_changes(load_config_json(source / CONFIG_FILE), config)
+    _record_history(workdir, step, forked_from=str(source), changes=changes)
+    return step
+
+
 def check_train_inputs(config: Config, mesh: Mesh) -> None:
     """Problems that would only show after compiling, as a :class:`ConfigError`: a batch the
     devices (and micro-batches) do not divide, an image batch the processes do not divide."""
@@ -312,12 +409,28 @@ def train(
       ``(setup, state)`` after ``config.train.num_steps`` steps.
     """
     workdir = Path(workdir)
-    tc = config.train
     mesh = make_mesh() if mesh is None else mesh
     check_train_inputs(config, mesh)
+    lock = None
+    if is_main_process():
+        prepare_workdir(workdir)
+        lock = RunLock(workdir)  # one writer: a second train on this workdir stops here
+    try:
+        return _train(config, workdir, fresh=fresh, progress=progress, on_chunk=on_chunk,
+                      snapshot=snapshot, mesh=mesh)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir, *, fresh, progress, on_chunk, snapshot, mesh):
+    tc = config.train
     main = is_main_process()
-    if fresh and main:
-        for name in (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE, SAMPLES_DIR, EMA_SNAPSHOT_DIR):
+    if fresh and main:  # the whole run goes, its sample files included
+        names = (CHECKPOINT_DIR, METRICS_FILE, CONFIG_FILE, SAMPLES_DIR, EMA_SNAPSHOT_DIR,
+                 POSTHOC_DIR, HISTORY_FILE, *(p.name for p in workdir.glob("samples*.npz")),
+                 *(p.name for p in workdir.glob("samples*.png")))
+        for name in names:
             path = workdir / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -325,9 +438,12 @@ def train(
                 path.unlink()
     sync("genflow-fresh")
     check_workdir_compatible(config, workdir)
+    changes = check_resume_changes(config, workdir)
     sync("genflow-checked")  # nobody writes config.json before everyone has read the old one
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
+        if not (workdir / CONFIG_FILE).exists() and not (workdir / HISTORY_FILE).exists():
+            _record_history(workdir, 0, created=True)
         save_config(config, workdir / CONFIG_FILE)
 
     next_batches = make_batches(config)
@@ -351,6 +467,8 @@ def train(
         state = ckpt.restore(start, state)
         if main:
             print(f"resuming from step {start} in {workdir / CHECKPOINT_DIR}")
+            if changes:
+                _record_history(workdir, start, changes=changes)
     step = int(state.step)
 
     chunk = make_train_chunk(config, setup, mesh=mesh, state_shardings=shardings)
@@ -366,15 +484,43 @@ def train(
     stop = _StopRequest()
     log = open(workdir / METRICS_FILE, "a") if main else None
     stopping = False
+    unchecked = None  # (flags, first step, last step) of the dispatch not yet checked
+
+    def check_finite():
+        nonlocal unchecked
+        if unchecked is not None:
+            flags, first, last = unchecked
+            unchecked = None
+            bad = [name[: -len("_finite")] for name, ok in flags.items() if not bool(ok)]
+            if bad:
+                kept = ckpt.latest_step()
+                where = (f"the last good checkpoint is step {kept} in {workdir / CHECKPOINT_DIR}"
+                         f" (train resumes from it)" if kept is not None else
+                         "no checkpoint had been written yet")
+                raise NonFiniteTraining(
+                    f"{' and '.join(bad)} became NaN or infinite between steps {first} and "
+                    f"{last}; nothing from there on was written and {where}. Lower train.lr "
+                    f"(now {tc.lr:g}) or train.grad_clip (now {tc.grad_clip:g}).", last, kept)
+
     try:
         while step < tc.num_steps:
             # End chunks on multiples of steps_per_dispatch (and at num_steps).
             k = min(tc.steps_per_dispatch - step % tc.steps_per_dispatch, tc.num_steps - step)
             batches = to_global(next_batches(step, k), batches_sharding)
             state, metrics = chunk(state, batches)
+            # The previous dispatch's flags are ready by now: checking them costs no wait.
+            check_finite()
+            flags = {name: metrics.pop(name) for name in list(metrics) if name.endswith("_finite")}
+            unchecked = (flags, step + 1, step + k)
             prev, step = step, step + k
             bar.update(k)
             crossed = lambda every: step // every > prev // every or step == tc.num_steps  # noqa: E731
+            stopping = any_process(stop.requested)
+            writes = (crossed(tc.log_every) or crossed(tc.checkpoint_every) or stopping
+                      or (ema_ckpt is not None and step % tc.ema_snapshot_every == 0)
+                      or (tc.sample_every and crossed(tc.sample_every)))
+            if writes:  # nothing is written from a state that is not finite
+                check_finite()
             if crossed(tc.log_every):
                 metrics = {k_: float(v) for k_, v in metrics.items()}
                 now = time.perf_counter()
@@ -386,18 +532,12 @@ def train(
                     "time": time.time(),
                 }
                 last_time, last_step = now, step
-                if not math.isfinite(record["loss"]):
-                    raise FloatingPointError(
-                        f"loss became {record['loss']} at step {step}; lower train.lr or "
-                        "train.grad_clip. The last good checkpoint is kept."
-                    )
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_sec']:.0f}")
                 if on_chunk is not None:
                     on_chunk(step, record)
-            stopping = any_process(stop.requested)
             if crossed(tc.checkpoint_every) or stopping:
                 ckpt.save(step, state)
             if ema_ckpt is not None and (step % tc.ema_snapshot_every == 0 or step == tc.num_steps):
@@ -408,6 +548,7 @@ def train(
                     bar.write(f"step {step}: wrote {snapshots(step, ema)}")
             if stopping:
                 break
+        check_finite()
     finally:
         bar.close()
         if log is not None:

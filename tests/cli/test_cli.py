@@ -184,7 +184,7 @@ def test_sample_with_options_and_adaptive_samplers(capsys, trained_run, tmp_path
     assert np.all(np.isfinite(data["samples"]))
     proc = run_main(capsys, "sample", "--workdir", str(trained_run), "--sampler",
                     "dpm_solver_adaptive", "--option", "order=2", "--option", "rtol=0.05",
-                    "--num", "200", "--out", str(out))
+                    "--num", "200", "--out", str(out), "--overwrite")
     assert proc.returncode == 0, proc.stderr
     data = np.load(out.with_suffix(".npz"))
     nfe = int(data["nfe"])
