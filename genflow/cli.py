@@ -355,13 +355,16 @@ def _run_train(args) -> int:
 def _train_until_done(config, workdir: Path, *, fresh: bool, progress: bool) -> int:
     """Train; on Ctrl-C or SIGTERM say where the checkpoint is and return 130."""
     from genflow.run import train
-    from genflow.training import NonFiniteTraining
+    from genflow.training import CheckpointError, NonFiniteTraining
 
     try:
         train(config, workdir, fresh=fresh, progress=progress)
     except NonFiniteTraining as exc:
         print(f"genflow: error: {exc}", file=sys.stderr)
         return 3
+    except CheckpointError as exc:
+        print(f"genflow: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         saved = f"saved a checkpoint at step {exc.step}" if hasattr(exc, "step") else (
             "the last finished checkpoint is intact"

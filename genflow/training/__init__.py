@@ -55,7 +55,12 @@ from genflow.training._sharding import (
     replicated as replicated,
     state_shardings as state_shardings,
 )
-from genflow.training.checkpoint import Checkpointer as Checkpointer, has_checkpoint as has_checkpoint
+from genflow.training.checkpoint import (
+    CheckpointError as CheckpointError,
+    Checkpointer as Checkpointer,
+    NoIntactCheckpoint as NoIntactCheckpoint,
+    has_checkpoint as has_checkpoint,
+)
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -64,7 +69,9 @@ __all__ = [
     "METRICS_FILE",
     "PosthocResult",
     "SAMPLES_DIR",
+    "CheckpointError",
     "Checkpointer",
+    "NoIntactCheckpoint",
     "Setup",
     "TrainState",
     "NonFiniteTraining",

@@ -57,7 +57,7 @@ from genflow.training._sharding import (
 )
 from genflow.training._workdir import RunLock, prepare_workdir
 from genflow.training._state import Setup, TrainState, init_train_state, learning_rate_schedule
-from genflow.training.checkpoint import Checkpointer
+from genflow.training.checkpoint import Checkpointer, NoIntactCheckpoint
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -462,9 +462,13 @@ def _train(config, workdir, *, fresh, progress, on_chunk, snapshot, mesh):
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=tc.keep_checkpoints)
     ema_ckpt = (Checkpointer(workdir / EMA_SNAPSHOT_DIR, max_to_keep=None)
                 if tc.ema_snapshot_every else None)
-    start = ckpt.latest_step()
+    try:
+        start, state = ckpt.restore_latest(state, set_aside=True,
+                                           warn=lambda line: main and print(line, file=sys.stderr))
+    except NoIntactCheckpoint as exc:
+        ckpt.close()
+        raise ConfigError(str(exc)) from None
     if start is not None:
-        state = ckpt.restore(start, state)
         if main:
             print(f"resuming from step {start} in {workdir / CHECKPOINT_DIR}")
             if changes:
@@ -596,12 +600,21 @@ def restore_run(workdir: str | Path, *, weights: str = "ema",
             raise ConfigError(f"{workdir} has no post-hoc EMA with sigma_rel {sigma_rel:g}; "
                               f"write it with `genflow ema --workdir {workdir} --sigma-rel "
                               f"{sigma_rel:g}`.")
+    restored = _restore_latest(directory, workdir, {"step": state.step, key: state.ema})
+    return config, setup, int(restored["step"]), restored[key]
+
+
+def _restore_latest(directory: Path, workdir: Path, target: Any) -> Any:
+    """The newest intact checkpoint of ``directory`` in ``target``'s structure (a reader: a
+    damaged newest step is skipped with a warning and left in place)."""
     ckpt = Checkpointer(directory, read_only=True)
     try:
-        restored = ckpt.restore(_latest_step(ckpt, workdir), {"step": state.step, key: state.ema})
+        _latest_step(ckpt, workdir)
+        return ckpt.restore_latest(target)[1]
+    except NoIntactCheckpoint as exc:
+        raise ConfigError(str(exc)) from None
     finally:
         ckpt.close()
-    return config, setup, int(restored["step"]), restored[key]
 
 
 def restore_train_state(workdir: str | Path) -> tuple[Config, Setup, TrainState]:
@@ -609,9 +622,4 @@ def restore_train_state(workdir: str | Path) -> tuple[Config, Setup, TrainState]
     workdir = Path(workdir)
     config = load_config_json(workdir / CONFIG_FILE)
     setup, state = init_train_state(config, data_shape_of(config))
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
-    try:
-        state = ckpt.restore(_latest_step(ckpt, workdir), state)
-    finally:
-        ckpt.close()
-    return config, setup, state
+    return config, setup, _restore_latest(workdir / CHECKPOINT_DIR, workdir, state)
