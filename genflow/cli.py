@@ -677,7 +677,9 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return commands[args.command](args)
     except (UsageError, ConfigError) as exc:
-        print(f"genflow: error: {exc}", file=sys.stderr)
+        # One line, whatever the message quotes back (a value typed with a newline in it).
+        text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"genflow: error: {text}", file=sys.stderr)
         return 2
 
 
