@@ -76,6 +76,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run150, tmp_
     assert main(["sample", "--workdir", str(workdir), "--num", "32", "--steps", "4"]) == 0
     out, err = capsys.readouterr()
     assert "checkpoint step 100" in out and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", "--workdir", str(workdir), "--metrics", "sw2", "--num", "64"]) == 0
+    out, err = capsys.readouterr()
+    assert "checkpoint step 100" in out
+    assert len([line for line in err.splitlines() if "is damaged" in line]) == 1
     # The writer: resumes from step 100, sets the damaged step aside, trains on.
     assert main(train_args(workdir, 200)) == 0
     out, err = capsys.readouterr()
