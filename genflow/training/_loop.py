@@ -460,14 +460,14 @@ def _train(config, workdir, *, fresh, progress, on_chunk, snapshot, mesh):
         print(describe_layout(state, shardings, mesh))
     sync("genflow-workdir")
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=tc.keep_checkpoints)
-    ema_ckpt = (Checkpointer(workdir / EMA_SNAPSHOT_DIR, max_to_keep=None)
-                if tc.ema_snapshot_every else None)
+    warn = (lambda line: print(line, file=sys.stderr)) if main else (lambda line: None)
     try:
-        start, state = ckpt.restore_latest(state, set_aside=True,
-                                           warn=lambda line: main and print(line, file=sys.stderr))
+        start, state = ckpt.restore_latest(state, set_aside=True, warn=warn)
     except NoIntactCheckpoint as exc:
         ckpt.close()
         raise ConfigError(str(exc)) from None
+    ema_ckpt = (Checkpointer(workdir / EMA_SNAPSHOT_DIR, max_to_keep=None)
+                if tc.ema_snapshot_every else None)
     if start is not None:
         if main:
             print(f"resuming from step {start} in {workdir / CHECKPOINT_DIR}")
